@@ -1,0 +1,1 @@
+"""Training data: corpus readers, tokenize-once caching, step-indexed batching and collation."""

@@ -1,0 +1,57 @@
+"""Tokenize a corpus once and keep it on disk (an Arrow dataset via `datasets`), keyed by
+everything that changes the tokens: file checksums, tokenizer, truncation length."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from csetrain.data.sources import Corpus
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_key(corpus: Corpus, tokenizer) -> str:
+    parts = {
+        "checksums": corpus.checksums,
+        "n": len(corpus.records),
+        "fields": corpus.fields,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": corpus.max_length,
+        "format": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def tokenized_dataset(corpus: Corpus, tokenizer, cache_dir: str | Path):
+    """Dataset with the text columns plus `<field>_ids` (truncated to `corpus.max_length`, unpadded)."""
+    import datasets
+
+    target = Path(cache_dir) / "tokenized" / f"{corpus.name}-{cache_key(corpus, tokenizer)}"
+    if (target / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(target))
+    columns = {f: [r[f] for r in corpus.records] for f in corpus.fields}
+    ds = datasets.Dataset.from_dict(columns)
+
+    def tokenize(batch):
+        return {
+            f"{f}_ids": tokenizer(batch[f], truncation=True, max_length=corpus.max_length)["input_ids"]
+            for f in corpus.fields
+        }
+
+    ds = ds.map(tokenize, batched=True, batch_size=2000, desc="tokenize")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    ds.save_to_disk(str(tmp))
+    try:
+        tmp.rename(target)  # atomic: a killed run never leaves a half-written cache entry
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(target))

@@ -1,0 +1,103 @@
+"""Batches: which rows make step k (resumable by construction) and how rows become one padded
+tensor holding every view, so the encoder runs one forward pass per step."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from csetrain.config import ConfigError
+
+
+@dataclass
+class Batch:
+    """All views of B examples stacked field-major: rows [f*B, (f+1)*B) hold field f."""
+
+    input_ids: Tensor  # (F*B, L)
+    attention_mask: Tensor  # (F*B, L)
+    fields: tuple[str, ...]
+    size: int  # B
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(
+            self.input_ids.to(device, non_blocking=non_blocking),
+            self.attention_mask.to(device, non_blocking=non_blocking),
+            self.fields,
+            self.size,
+        )
+
+    def split(self, z: Tensor) -> dict[str, Tensor]:
+        """(F*B, D) embeddings -> {field: (B, D)}."""
+        return dict(zip(self.fields, z.split(self.size)))
+
+
+class StepSampler:
+    """Dataset indices for step k: a fresh seeded permutation per epoch, consumed in order.
+
+    A batch is a pure function of (seed, step), so a resumed run sees exactly the batches the
+    uninterrupted run would have seen.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int) -> None:
+        if batch_size > num_rows:
+            raise ConfigError(f"trainer.batch_size={batch_size} exceeds the corpus size {num_rows}: lower it or add data")
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self._epoch, self._perm = -1, None
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_rows, generator=gen).tolist()
+        return self._perm
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
+            epoch, offset = divmod(pos, self.num_rows)
+            out.append(self._permutation(epoch)[offset])
+        return out
+
+    def epoch_of(self, step: int) -> float:
+        return step * self.batch_size / self.num_rows
+
+
+class Collator:
+    """Rows -> Batch. `data_fields` are read from the dataset; when `augmented_positive` is set
+    the `positive` view is made from the anchor's tokens by the augmentation (self-supervised)."""
+
+    def __init__(self, data_fields: tuple[str, ...], augmentation, pad_id: int, special_ids: set[int],
+                 augmented_positive: bool, seed: int) -> None:
+        self.data_fields = data_fields
+        self.augmentation = augmentation
+        self.pad_id = pad_id
+        self.special_ids = special_ids
+        self.augmented_positive = augmented_positive
+        self.seed = seed
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        if not self.augmented_positive:
+            return self.data_fields
+        return ("anchor", "positive", *[f for f in self.data_fields if f not in ("anchor", "positive")])
+
+    def __call__(self, rows: dict[str, list], step: int) -> Batch:
+        views = {f: rows[f"{f}_ids"] for f in self.data_fields}
+        if self.augmented_positive:
+            rng = random.Random(self.seed * 1_000_003 + step)  # seeded per step: resumable
+            views["positive"] = [self.augmentation(ids, self.special_ids, rng) for ids in views["anchor"]]
+        sequences = [seq for f in self.fields for seq in views[f]]
+        return Batch(*pad(sequences, self.pad_id), fields=self.fields, size=len(views["anchor"]))
+
+
+def pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad to the longest sequence in the batch (dynamic padding)."""
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask

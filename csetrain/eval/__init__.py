@@ -1,0 +1,1 @@
+"""Evaluation: STS in SentEval's and MTEB's protocols (sts.py); mteb adapter lives in mteb.py."""

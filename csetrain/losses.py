@@ -1,0 +1,47 @@
+"""Pure tensor math for contrastive objectives. No modules, no state; tested against hand
+computations in tests/test_losses.py."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of every row of `a` (N, D) with every row of `b` (M, D): (N, M)."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+def info_nce(
+    anchors: Tensor,
+    candidates: Tensor,
+    targets: Tensor,
+    temperature: float,
+    logit_offset: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """InfoNCE with cosine similarity: mean cross-entropy of softmax(cos / temperature).
+
+    anchors (B, D); candidates (C, D); targets (B,) index the positive column of each anchor;
+    logit_offset (B, C) is added after the temperature division (SimCSE's hard-negative weight).
+    Returns (loss, logits (B, C)).
+    """
+    logits = cosine_matrix(anchors, candidates) / temperature  # (B, C)
+    if logit_offset is not None:
+        logits = logits + logit_offset
+    return F.cross_entropy(logits.float(), targets), logits
+
+
+def hard_negative_offset(batch: int, num_in_batch: int, weight: float, device=None) -> Tensor:
+    """SimCSE's offset matrix (B, num_in_batch + B): `weight` on anchor i's own hard negative
+    (column num_in_batch + i), zero elsewhere. SimCSE's `hard_negative_weight` is this *logit*
+    offset, i.e. log of the multiplicative weight: 0 means weight 1."""
+    offset = torch.zeros(batch, num_in_batch + batch, device=device)
+    rows = torch.arange(batch, device=device)
+    offset[rows, num_in_batch + rows] = weight
+    return offset
+
+
+def top1_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Fraction of anchors whose positive scores highest among all candidates."""
+    return (logits.argmax(dim=-1) == targets).float().mean()

@@ -1,0 +1,1 @@
+"""Sentence encoders: a transformer backbone, a pooler and an optional MLP head."""

@@ -1,0 +1,65 @@
+"""The objective contract: `forward(encoder, batch) -> ObjectiveOutput`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from csetrain.data.collate import Batch
+from csetrain.losses import hard_negative_offset, info_nce, top1_accuracy
+from csetrain.negatives.base import NegativeMiner
+from csetrain.negatives.in_batch import InBatch
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # tensors: `.item()` only when logged
+
+
+class Objective(nn.Module):
+    """Base class. `data_fields`: what the corpus must provide; `augmented_positive`: the
+    `positive` view is built from the anchor by the augmentation (self-supervised)."""
+
+    data_fields: tuple[str, ...] = ("anchor",)
+    augmented_positive: bool = False
+
+    def __init__(self, miner: NegativeMiner | None = None) -> None:
+        super().__init__()
+        self.miner = miner if miner is not None else InBatch()
+
+    @property
+    def required_data_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.data_fields + self.miner.fields))
+
+    def embed(self, encoder: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        """One forward pass over every view of the batch -> {field: (B, D)}."""
+        return batch.split(encoder(batch.input_ids, batch.attention_mask))
+
+    def after_optimizer_step(self, encoder: nn.Module) -> None:
+        """Hook for EMA/queue upkeep; nothing by default."""
+
+
+class InfoNCEObjective(Objective):
+    """Anchor vs its positive, against the other rows' positives and the miner's extras."""
+
+    def __init__(self, miner: NegativeMiner | None = None, temperature: float = 0.05,
+                 hard_negative_weight: float = 0.0) -> None:
+        super().__init__(miner)
+        self.temperature = temperature
+        self.hard_negative_weight = hard_negative_weight
+
+    def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
+        views = self.embed(encoder, batch)
+        anchors, positives = views["anchor"], views["positive"]  # (B, D) each
+        extra = self.miner.extra_negatives(anchors, views)
+        candidates, offset = positives, None
+        if extra is not None:
+            candidates = torch.cat([positives, extra.embeddings])  # (B + M, D)
+            if extra.aligned and self.hard_negative_weight:
+                offset = hard_negative_offset(len(anchors), len(positives), self.hard_negative_weight, anchors.device)
+        targets = torch.arange(len(anchors), device=anchors.device)
+        loss, logits = info_nce(anchors, candidates, targets, self.temperature, offset)
+        return ObjectiveOutput(loss, {"acc": top1_accuracy(logits.detach(), targets)})

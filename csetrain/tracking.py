@@ -1,0 +1,135 @@
+"""Experiment tracking: the one home of MLflow. A Tracker is created (and its run named) before
+any seeding, so fixed seeds never produce identical random run names (LHT #613)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+from csetrain.config import TrackingConfig
+
+MAX_PARAM_LEN = 6000
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """`tracking=none` and non-zero DDP ranks: same methods, no effects."""
+
+    run_id = None
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        pass
+
+    def log_artifact(self, local_file, artifact_path=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def finish(self, status="FINISHED"):
+        pass
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'a.b.c': 'value'} for MLflow params."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LEN]
+    return out
+
+
+def git_info() -> dict[str, str]:
+    """git sha and dirty flag of the working directory's repository, if any."""
+    def run(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+
+    try:
+        sha = run("rev-parse", "HEAD")
+        if sha.returncode != 0:
+            return {}
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"git.sha": sha.stdout.strip(), "git.dirty": str(dirty).lower()}
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+
+
+class MlflowTracker:
+    """One MLflow run through the client API (no global fluent state, so sweeps in one process
+    never write into each other's runs)."""
+
+    def __init__(self, cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, str]) -> None:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        if cfg.uri.startswith("sqlite:///"):
+            Path(cfg.uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=cfg.uri)
+        experiment = self.client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            location = cfg.artifact_location or self._default_artifacts(cfg.uri)
+            experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        self.experiment_id = experiment_id
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    @staticmethod
+    def _default_artifacts(uri: str) -> str | None:
+        # Next to a SQLite store (outputs/mlartifacts), not in whatever the working directory is.
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+            return (db.parent / "mlartifacts").as_uri()
+        return None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+
+    def set_tags(self, tags):
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def finish(self, status="FINISHED"):
+        self.client.set_terminated(self.run_id, status)
+
+
+def make_tracker(cfg: TrackingConfig, run_name: str, tags: dict[str, str], config: DictConfig) -> Tracker:
+    if cfg.backend == "none":
+        return NullTracker()
+    params = flatten(OmegaConf.to_container(config, resolve=True))
+    return MlflowTracker(cfg, run_name, tags, params)

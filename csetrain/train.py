@@ -1,0 +1,150 @@
+"""run_training(cfg): assemble the components a config names, fit, then test the best checkpoint
+once. Returns the dev selection metric (what sweepers maximise)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from csetrain.checkpoint import Checkpointer, write_text_atomic
+from csetrain.config import ConfigError, validate_settings
+from csetrain.data.cache import tokenized_dataset
+from csetrain.data.collate import Collator, StepSampler
+from csetrain.loop import Components, fit
+from csetrain.runtime import Runtime, lr_lambda, seed_everything
+from csetrain.tracking import git_info, make_tracker
+
+
+@dataclass
+class TrainSummary:
+    selection_metric: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    run_dir: str = ""
+
+
+def hydra_context() -> tuple[Path | None, dict[str, str], list[str]]:
+    """(run dir, group choices, task overrides) when running under @hydra.main, else empties."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, {}, []
+    hc = HydraConfig.get()
+    choices = {k: str(v) for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    return Path(hc.runtime.output_dir), choices, list(hc.overrides.task)
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    if cfg.tracking.get("run_name"):
+        return cfg.tracking.run_name
+    return (",".join(overrides) or "defaults")[:250]
+
+
+def check_fields(objective, corpus, cfg: DictConfig) -> None:
+    """The objective (and its miner) say what they need; the data must provide it."""
+    missing = [f for f in objective.required_data_fields if f not in corpus.fields]
+    if missing:
+        raise ConfigError(
+            f"objective {type(objective).__name__} (with negative_mining {type(objective.miner).__name__}) "
+            f"needs data fields {missing} but data '{corpus.name}' provides {list(corpus.fields)}: choose a matching data= option"
+        )
+
+
+def build(cfg: DictConfig, settings: dict, run_dir: Path, tracker) -> tuple[Components, dict[str, str]]:
+    trainer = settings["trainer"]
+    runtime = Runtime(trainer)
+    encoder = instantiate(cfg.model).to(runtime.device)
+    objective = instantiate(cfg.objective, miner=instantiate(cfg.negative_mining)).to(runtime.device)
+    corpus = instantiate(cfg.data).load()
+    check_fields(objective, corpus, cfg)
+    dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)
+    tokenizer = encoder.tokenizer
+    collator = Collator(
+        data_fields=objective.data_fields + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+        augmentation=instantiate(cfg.augmentation),
+        pad_id=tokenizer.pad_token_id,
+        special_ids=set(tokenizer.all_special_ids),
+        augmented_positive=objective.augmented_positive,
+        seed=trainer.seed,
+    )
+    params = [p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad]
+    optimizer = runtime.optimizer(params, trainer.lr, trainer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(trainer.schedule, trainer.warmup_steps, trainer.max_steps))
+    components = Components(
+        encoder=encoder, objective=objective, dataset=dataset,
+        sampler=StepSampler(len(dataset), trainer.batch_size, trainer.seed), collator=collator,
+        runtime=runtime, optimizer=optimizer, scheduler=scheduler,
+        evaluator=instantiate(cfg.dev_eval), checkpointer=Checkpointer(run_dir), tracker=tracker,
+    )
+    data_tags = {f"data.sha256.{name}": digest[:16] for name, digest in corpus.checksums.items()}
+    return components, {**data_tags, "data.sentences": str(len(dataset)), "model.source": encoder.source}
+
+
+def run_training(cfg: DictConfig) -> TrainSummary:
+    """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
+    FINISHED or FAILED whatever happens."""
+    settings = validate_settings(cfg)
+    hydra_dir, choices, overrides = hydra_context()
+    run_dir = hydra_dir or Path(settings["paths"].output_dir) / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tags = {**{f"choice.{k}": v for k, v in choices.items()}, **git_info(),
+            "eval.protocol": str(cfg.eval.protocol), "dev_eval.protocol": str(cfg.dev_eval.protocol),
+            "run_dir": str(run_dir.resolve())}
+    tracker = make_tracker(settings["tracking"], run_name(cfg, overrides), tags, cfg)  # before seeding
+    status = "FAILED"
+    try:
+        seed_everything(settings["trainer"].seed)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        components, more_tags = build(cfg, settings, run_dir, tracker)
+        tracker.set_tags(more_tags)
+        summary = _train_and_test(cfg, settings, components, run_dir)
+        summary.run_id = tracker.run_id
+        status = "FINISHED"
+        return summary
+    finally:
+        _log_run_files(tracker, run_dir, settings["tracking"].log_model and status == "FINISHED")
+        tracker.finish(status)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _train_and_test(cfg: DictConfig, settings: dict, c: Components, run_dir: Path) -> TrainSummary:
+    fitted = fit(c, settings["trainer"])
+    if fitted.best_step < 0:  # no dev evaluation configured: the last model is the result
+        c.checkpointer.save_best(c.encoder, fitted.steps, "last", float("nan"))
+    best = c.checkpointer.load_best(c.runtime.device)  # test what was saved, exactly
+    test_result = instantiate(cfg.eval)(best)
+    test_metrics = test_result.prefixed("test")
+    c.tracker.log_metrics(test_metrics, fitted.best_step)
+    report = {
+        "selection": {"metric": f"eval/{c.evaluator.protocol}/{c.evaluator.label(c.evaluator.tasks[0])}",
+                      "best": fitted.best_metric, "best_step": fitted.best_step, "history": fitted.history},
+        "test": {"protocol": test_result.details.get("protocol"), "pairs": test_result.details.get("pairs"),
+                 "metrics": test_result.metrics, "checkpoint_step": fitted.best_step},
+        "train_seconds": fitted.train_seconds,
+    }
+    write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
+    metrics = {**test_metrics, "eval/best": fitted.best_metric, "eval/best_step": fitted.best_step,
+               "train/seconds": fitted.train_seconds}
+    if fitted.history:
+        metrics["eval/start"] = fitted.history[0]["primary"]
+    return TrainSummary(fitted.best_metric, metrics, run_dir=str(run_dir))
+
+
+def _log_run_files(tracker, run_dir: Path, with_model: bool) -> None:
+    for name in ("config.yaml", "eval_results.json"):
+        if (run_dir / name).is_file():
+            tracker.log_artifact(run_dir / name)
+    if (run_dir / ".hydra").is_dir():
+        tracker.log_artifacts(run_dir / ".hydra", ".hydra")
+    best = run_dir / "checkpoints" / "best"
+    if with_model and best.is_dir():
+        tracker.log_artifacts(best, "model")
