@@ -34,6 +34,10 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -189,10 +193,9 @@ def _describe(path: Path) -> str:
 @app.command(context_settings=HYDRA_ARGS, help=f"Compose and check a training config without running it. {OVERRIDES_HELP}")
 def validate(ctx: typer.Context, show: bool = typer.Option(False, "--show", help="Print the composed config.")) -> None:
     quiet_libraries()
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from csetrain.config import ConfigError, validate_settings
+    from csetrain.config import ConfigError, instantiate, validate_settings
 
     cfg = compose("train", ctx.args)
     try:

@@ -131,3 +131,20 @@ def require_file(path: Path, what: str, key: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path} (set {key}, or paths.data_dir / $CSETRAIN_DATA_DIR)")
     return path
+
+
+def instantiate(node, **kwargs):
+    """hydra.utils.instantiate, with our own errors unwrapped and others made one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, CsetrainError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:3]) + " (check that option's keys: `csetrain validate --show`)") from None

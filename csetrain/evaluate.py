@@ -6,11 +6,10 @@ import json
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from csetrain.checkpoint import write_text_atomic
-from csetrain.config import validate_settings
+from csetrain.config import instantiate, validate_settings
 from csetrain.runtime import pick_device
 from csetrain.tracking import git_info, make_tracker
 from csetrain.train import TrainSummary, hydra_context, run_name

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from csetrain.checkpoint import Checkpointer, write_text_atomic
-from csetrain.config import ConfigError, validate_settings
+from csetrain.config import ConfigError, instantiate, validate_settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
 from csetrain.loop import Components, fit

@@ -13,9 +13,14 @@ from csetrain.data.sources import Corpus
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of what maps text to ids. The backend's padding/truncation state is left out: every
+    call with truncation=True rewrites it, and it does not change the cached (unpadded) ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    if backend is not None:
+        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        state = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cache_key(corpus: Corpus, tokenizer) -> str:

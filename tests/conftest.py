@@ -1,0 +1,47 @@
+"""Shared fixtures. Everything offline: an accidental download fails fast instead of hanging."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data pack: $CSETRAIN_DATA_DIR, else ../shared/data beside the checkout."""
+    path = Path(os.environ.get("CSETRAIN_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (path / "sts").is_dir():
+        pytest.skip(f"data pack not found at {path}; set CSETRAIN_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from csetrain.modeling.backbones import tiny
+
+    return tiny()
+
+
+@pytest.fixture
+def tiny_encoder():
+    """A fresh tiny encoder per test (tests may train it)."""
+    from csetrain.modeling.backbones import tiny
+    from csetrain.modeling.encoder import SentenceEncoder
+
+    return SentenceEncoder(tiny(), pooler="cls")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from csetrain.modeling.backbones import minilm_l6
+    from csetrain.modeling.encoder import SentenceEncoder
+
+    return SentenceEncoder(minilm_l6(), pooler="mean")

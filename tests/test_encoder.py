@@ -1,0 +1,104 @@
+"""Encoder: poolers by hand, head modes, and the sentence-transformers export round trip."""
+
+import pytest
+import torch
+
+from csetrain.config import ConfigError
+from csetrain.modeling.encoder import SentenceEncoder
+from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
+from csetrain.modeling.pooling import pool
+
+SENTENCES = ["a cat sits on the mat .", "the quick brown fox jumps over the lazy dog", "hello"]
+
+
+def _states_and_mask():
+    gen = torch.Generator().manual_seed(0)
+    layers = tuple(torch.randn(2, 4, 3, generator=gen) for _ in range(3))  # (N, L, D) x 3 layers
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    return layers, mask
+
+
+def test_poolers_by_hand():
+    layers, mask = _states_and_mask()
+    last, first = layers[-1], layers[1]
+    assert torch.equal(pool("cls", layers, mask), last[:, 0])
+    expected_mean = torch.stack([last[0, :3].mean(0), last[1, :2].mean(0)])
+    assert torch.allclose(pool("mean", layers, mask), expected_mean)
+    avg = (first + last) / 2
+    expected_fl = torch.stack([avg[0, :3].mean(0), avg[1, :2].mean(0)])
+    assert torch.allclose(pool("first_last_avg", layers, mask), expected_fl)
+
+
+def test_unknown_pooler_and_head_fail_clearly(tiny_backbone):
+    with pytest.raises(ConfigError, match="model.pooler='max'"):
+        SentenceEncoder(tiny_backbone, pooler="max")
+    with pytest.raises(ConfigError, match="model.mlp_head"):
+        SentenceEncoder(tiny_backbone, mlp_head="sometimes")
+
+
+def test_train_only_head_shapes_training_but_not_inference(tiny_backbone):
+    encoder = SentenceEncoder(tiny_backbone, pooler="cls", mlp_head="train_only").eval()
+    batch = encoder.tokenize(SENTENCES)
+    raw = encoder.pooled(batch["input_ids"], batch["attention_mask"])
+    trained_view = encoder(batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(trained_view, torch.tanh(encoder.head[0](raw)), atol=1e-6)
+    assert torch.allclose(encoder.encode(SENTENCES), raw, atol=1e-5)  # cls_before_pooler
+
+
+def test_always_head_is_applied_at_inference(tiny_backbone):
+    encoder = SentenceEncoder(tiny_backbone, pooler="cls", mlp_head="always").eval()
+    batch = encoder.tokenize(SENTENCES)
+    raw = encoder.pooled(batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(encoder.encode(SENTENCES), torch.tanh(encoder.head[0](raw)), atol=1e-5)
+
+
+def test_head_initialised_like_simcse(tiny_backbone):
+    encoder = SentenceEncoder(tiny_backbone, mlp_head="always")
+    weight = encoder.head[0].weight
+    assert torch.count_nonzero(encoder.head[0].bias) == 0
+    assert abs(weight.std().item() - tiny_backbone.model.config.initializer_range) < 0.005
+
+
+@pytest.mark.parametrize(("pooler", "head"), [("cls", "none"), ("mean", "none"), ("cls", "always"), ("cls", "train_only")])
+def test_export_round_trip_csetrain(tmp_path, tiny_backbone, pooler, head):
+    encoder = SentenceEncoder(tiny_backbone, pooler=pooler, mlp_head=head)
+    save_sentence_transformer(encoder, tmp_path / "m")
+    reloaded = load_sentence_encoder(tmp_path / "m")
+    assert reloaded.pooler == pooler
+    assert torch.allclose(reloaded.encode(SENTENCES), encoder.encode(SENTENCES), atol=1e-6)
+
+
+@pytest.mark.parametrize(("pooler", "head"), [("mean", "none"), ("cls", "always")])
+def test_sentence_transformers_loads_export_with_identical_embeddings(tmp_path, tiny_backbone, pooler, head):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    encoder = SentenceEncoder(tiny_backbone, pooler=pooler, mlp_head=head)
+    with torch.no_grad():  # make the head matter: not near-identity
+        if encoder.head is not None:
+            encoder.head[0].weight.normal_(0, 0.5)
+    save_sentence_transformer(encoder, tmp_path / "m")
+    st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    ours = encoder.encode(SENTENCES)
+    theirs = torch.from_numpy(st.encode(SENTENCES, convert_to_numpy=True))
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_first_last_avg_export_refused(tmp_path, tiny_backbone):
+    with pytest.raises(ConfigError, match="no sentence-transformers equivalent"):
+        save_sentence_transformer(SentenceEncoder(tiny_backbone, pooler="first_last_avg"), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_loading_a_non_model_folder_names_it(tmp_path):
+    with pytest.raises(ConfigError, match="not a saved model folder"):
+        load_sentence_encoder(tmp_path)
+
+
+def test_minilm_matches_sentence_transformers(minilm):
+    """Our MiniLM (transformers + mean pooling) vs sentence-transformers on the same folder."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from csetrain.modeling.backbones import minilm_dir
+
+    st = sentence_transformers.SentenceTransformer(str(minilm_dir()), device="cpu")
+    theirs = torch.from_numpy(st.encode(SENTENCES, convert_to_numpy=True))  # normalized by its last module
+    ours = torch.nn.functional.normalize(minilm.encode(SENTENCES), dim=-1)
+    assert torch.allclose(ours, theirs, atol=1e-5)
