@@ -43,7 +43,9 @@ class Checkpointer:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".best-"))
         shutil.rmtree(tmp)  # save_sentence_transformer writes the folder itself
-        save_sentence_transformer(encoder, tmp, {"step": step, "selected_by": metric_key, "value": value})
+        save_sentence_transformer(
+            encoder, tmp, {"step": step, "selected_by": metric_key, "value": value}
+        )
         replace_dir(tmp, self.best_dir)
         return self.best_dir
 

@@ -58,14 +58,20 @@ def compose(config_name: str, overrides: list[str]):
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             return hydra_compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        fail(f"{hydra_reason(err)} (list the options with `csetrain list`, check keys with `csetrain validate`)")
+        fail(
+            f"{hydra_reason(err)} (list the options with `csetrain list`, check keys with `csetrain validate`)"
+        )
 
 
 def hydra_reason(err: Exception) -> str:
     """Hydra's first line plus the line that says why (e.g. "Key 'lrr' is not in struct")."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     cause = str(err.__cause__ or "").strip().splitlines()
-    why = cause[0] if cause else next((ln for ln in lines[1:] if ln.startswith(("Key ", "Value "))), "")
+    why = (
+        cause[0]
+        if cause
+        else next((ln for ln in lines[1:] if ln.startswith(("Key ", "Value "))), "")
+    )
     return f"{lines[0]} {why}".strip()
 
 
@@ -80,7 +86,9 @@ def run_hydra(command: str, config_name: str, task, args: list[str]) -> None:
     from csetrain.config import config_dir, register_resolvers
 
     register_resolvers()
-    main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
+    main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
+        task
+    )
     argv = sys.argv
     sys.argv = [f"csetrain {command}", *args]
     try:
@@ -136,23 +144,41 @@ def run_command(command: str, config_name: str, args: list[str], job, json_out: 
 @app.command(context_settings=HYDRA_ARGS, help=f"Train an encoder. {OVERRIDES_HELP}")
 def train(
     ctx: typer.Context,
-    json_out: bool = typer.Option(False, "--json", help="Print the final metrics as one JSON object on the last line."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the final metrics as one JSON object on the last line."
+    ),
 ) -> None:
     def job(cfg):
         from csetrain.train import run_training
 
         summary = run_training(cfg)
-        where = f"run dir {summary.run_dir}" + (f", MLflow run {summary.run_id}" if summary.run_id else "")
-        typer.echo(f"done: best dev {summary.selection_metric:.2f}; {where}", err=True)
+        tests = {
+            k: v
+            for k, v in summary.metrics.items()
+            if k.startswith("test/") and k.endswith(("/spearman", "/spearman_all"))
+        }
+        best_step = summary.metrics["eval/best_step"]
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in tests.items())
+        typer.echo(
+            f"done: best dev {summary.selection_metric:.2f} at step {best_step:.0f}; {scores}",
+            err=True,
+        )
+        typer.echo(summary.where(), err=True)
         return summary
 
     run_command("train", "train", ctx.args, job, json_out)
 
 
-@app.command("eval", context_settings=HYDRA_ARGS, help=f"Evaluate a model option or a saved folder (model=saved model.path=DIR). {OVERRIDES_HELP}")
+@app.command(
+    "eval",
+    context_settings=HYDRA_ARGS,
+    help=f"Evaluate a model option or a saved folder (model=saved model.path=DIR). {OVERRIDES_HELP}",
+)
 def evaluate(
     ctx: typer.Context,
-    json_out: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on the last line."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the metrics as one JSON object on the last line."
+    ),
 ) -> None:
     def job(cfg):
         from csetrain.evaluate import run_evaluation
@@ -163,16 +189,26 @@ def evaluate(
 
 
 @app.command("list")
-def list_options(group: str = typer.Argument(None, help="A config group (model, objective, ...); all groups if omitted.")) -> None:
+def list_options(
+    group: str = typer.Argument(
+        None, help="A config group (model, objective, ...); all groups if omitted."
+    ),
+) -> None:
     """List the options of each config group (the YAML files under conf/<group>/)."""
     from csetrain.config import config_dir
 
     root = config_dir()
-    groups = [group] if group else sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "hydra")
+    groups = (
+        [group]
+        if group
+        else sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "hydra")
+    )
     for name in groups:
         folder = root / name
         if not folder.is_dir():
-            fail(f"no config group '{name}': choose from {sorted(p.name for p in root.iterdir() if p.is_dir())}")
+            fail(
+                f"no config group '{name}': choose from {sorted(p.name for p in root.iterdir() if p.is_dir())}"
+            )
         typer.echo(f"{name}:")
         for yaml in sorted(folder.glob("*.yaml")):
             typer.echo(f"  {yaml.stem:28s} {_describe(yaml)}")
@@ -190,8 +226,14 @@ def _describe(path: Path) -> str:
     return ""
 
 
-@app.command(context_settings=HYDRA_ARGS, help=f"Compose and check a training config without running it. {OVERRIDES_HELP}")
-def validate(ctx: typer.Context, show: bool = typer.Option(False, "--show", help="Print the composed config.")) -> None:
+@app.command(
+    context_settings=HYDRA_ARGS,
+    help=f"Compose and check a training config without running it. {OVERRIDES_HELP}",
+)
+def validate(
+    ctx: typer.Context,
+    show: bool = typer.Option(False, "--show", help="Print the composed config."),
+) -> None:
     quiet_libraries()
     from omegaconf import OmegaConf
 
@@ -204,7 +246,9 @@ def validate(ctx: typer.Context, show: bool = typer.Option(False, "--show", help
             instantiate(cfg[group])  # cheap builders: catches unknown keys and bad targets
         for group in ("dev_eval", "eval"):
             if cfg[group].protocol not in ("senteval", "mteb"):
-                raise ConfigError(f"{group}.protocol='{cfg[group].protocol}': choose senteval or mteb")
+                raise ConfigError(
+                    f"{group}.protocol='{cfg[group].protocol}': choose senteval or mteb"
+                )
     except ConfigError as err:
         fail(str(err))
     except Exception as err:  # instantiate wraps bad keys in its own exception types

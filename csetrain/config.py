@@ -81,7 +81,11 @@ class PathsConfig:
     cache_dir: str = "outputs/cache"
 
 
-SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "tracking": TrackingConfig, "paths": PathsConfig}
+SCHEMAS: dict[str, type] = {
+    "trainer": TrainerConfig,
+    "tracking": TrackingConfig,
+    "paths": PathsConfig,
+}
 # Closed choices among plain settings (OmegaConf schemas cannot express Literal types).
 CHOICES = {
     ("trainer", "schedule"): ("linear", "constant"),
@@ -102,7 +106,9 @@ def validate_settings(cfg: DictConfig) -> dict[str, Any]:
         except OmegaConfBaseException as err:
             key = f"{name}.{err.full_key}" if getattr(err, "full_key", None) else name
             reason = str(err).splitlines()[0]
-            raise ConfigError(f"config key '{key}': {reason} (see `csetrain validate`, conf/{name}/)") from None
+            raise ConfigError(
+                f"config key '{key}': {reason} (see `csetrain validate`, conf/{name}/)"
+            ) from None
         typed[name] = OmegaConf.to_object(merged)
     for (group, key), allowed in CHOICES.items():
         value = getattr(typed.get(group), key, allowed[0])
@@ -129,7 +135,9 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 def require_file(path: Path, what: str, key: str) -> Path:
     """Fail with one line naming the missing file and the config key that points at it."""
     if not path.is_file():
-        raise ConfigError(f"{what} not found: {path} (set {key}, or paths.data_dir / $CSETRAIN_DATA_DIR)")
+        raise ConfigError(
+            f"{what} not found: {path} (set {key}, or paths.data_dir / $CSETRAIN_DATA_DIR)"
+        )
     return path
 
 
@@ -147,4 +155,6 @@ def instantiate(node, **kwargs):
         if cause is not None:
             raise cause from None
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ConfigError(" ".join(lines[:3]) + " (check that option's keys: `csetrain validate --show`)") from None
+        raise ConfigError(
+            " ".join(lines[:3]) + " (check that option's keys: `csetrain validate --show`)"
+        ) from None

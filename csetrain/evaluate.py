@@ -18,9 +18,16 @@ from csetrain.train import TrainSummary, hydra_context, run_name
 def run_evaluation(cfg: DictConfig) -> TrainSummary:
     settings = validate_settings(cfg)
     hydra_dir, choices, overrides = hydra_context()
-    run_dir = hydra_dir or Path(settings["paths"].output_dir) / "evals" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = hydra_dir or Path(settings["paths"].output_dir) / "evals" / time.strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    tags = {**{f"choice.{k}": v for k, v in choices.items()}, **git_info(), "eval.protocol": str(cfg.eval.protocol), "kind": "eval"}
+    tags = {
+        **{f"choice.{k}": v for k, v in choices.items()},
+        **git_info(),
+        "eval.protocol": str(cfg.eval.protocol),
+        "kind": "eval",
+    }
     tracker = make_tracker(settings["tracking"], run_name(cfg, overrides), tags, cfg)
     status = "FAILED"
     try:
@@ -30,8 +37,13 @@ def run_evaluation(cfg: DictConfig) -> TrainSummary:
         result = evaluator(encoder)
         metrics = result.prefixed(cfg.stage)
         tracker.log_metrics(metrics, 0)
-        report = {"model": encoder.source, "protocol": result.details["protocol"], "split": result.details["split"],
-                  "pairs": result.details["pairs"], "metrics": result.metrics}
+        report = {
+            "model": encoder.source,
+            "protocol": result.details["protocol"],
+            "split": result.details["split"],
+            "pairs": result.details["pairs"],
+            "metrics": result.metrics,
+        }
         write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(run_dir / "eval_results.json")

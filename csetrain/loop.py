@@ -57,7 +57,9 @@ def _evaluate(c: Components, step: int, best: FitResult) -> None:
 def fit(c: Components, cfg) -> FitResult:
     """Train for cfg.max_steps steps; return the best dev metric and where it was reached."""
     result = FitResult(best_metric=-math.inf, best_step=-1, steps=cfg.max_steps, train_seconds=0.0)
-    params = [p for p in list(c.encoder.parameters()) + list(c.objective.parameters()) if p.requires_grad]
+    params = [
+        p for p in list(c.encoder.parameters()) + list(c.objective.parameters()) if p.requires_grad
+    ]
     token_rows = c.dataset.select_columns([f"{f}_ids" for f in c.collator.data_fields])
     if cfg.eval_every:
         _evaluate(c, 0, result)  # the starting point, so "before -> after" is in every run
@@ -78,10 +80,16 @@ def fit(c: Components, cfg) -> FitResult:
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             loss = out.loss.item()  # the only sync point, on the logging cadence
             if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at step {done}: lower trainer.lr or check the data; the best checkpoint so far is kept")
+                raise TrainingDiverged(
+                    f"loss is {loss} at step {done}: lower trainer.lr or check the data; the best checkpoint so far is kept"
+                )
             elapsed = time.perf_counter() - window_start
-            metrics = {"train/loss": loss, "train/lr": c.scheduler.get_last_lr()[0],
-                       "train/epoch": c.sampler.epoch_of(done), "train/sentences_per_s": window_sentences / elapsed}
+            metrics = {
+                "train/loss": loss,
+                "train/lr": c.scheduler.get_last_lr()[0],
+                "train/epoch": c.sampler.epoch_of(done),
+                "train/sentences_per_s": window_sentences / elapsed,
+            }
             metrics.update({f"train/{k}": v.item() for k, v in out.metrics.items()})
             if grad_norm is not None:
                 metrics["train/grad_norm"] = grad_norm.item()

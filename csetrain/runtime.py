@@ -24,7 +24,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but CUDA is not available: use trainer.device=cpu or auto")
+        raise ConfigError(
+            f"trainer.device={name} but CUDA is not available: use trainer.device=cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -53,7 +55,11 @@ class Runtime:
         """Unscale, clip, step, zero; returns the pre-clip gradient norm (a tensor: no sync)."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm) if self.max_grad_norm > 0 else None
+        norm = (
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            if self.max_grad_norm > 0
+            else None
+        )
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()

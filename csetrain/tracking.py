@@ -59,6 +59,7 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 
 def git_info() -> dict[str, str]:
     """git sha and dirty flag of the working directory's repository, if any."""
+
     def run(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
 
@@ -76,17 +77,23 @@ class MlflowTracker:
     """One MLflow run through the client API (no global fluent state, so sweeps in one process
     never write into each other's runs)."""
 
-    def __init__(self, cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, str]) -> None:
+    def __init__(
+        self, cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, str]
+    ) -> None:
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
         if cfg.uri.startswith("sqlite:///"):
-            Path(cfg.uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            Path(cfg.uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(
+                parents=True, exist_ok=True
+            )
         self.client = MlflowClient(tracking_uri=cfg.uri)
         experiment = self.client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
             location = cfg.artifact_location or self._default_artifacts(cfg.uri)
-            experiment_id = self.client.create_experiment(cfg.experiment, artifact_location=location)
+            experiment_id = self.client.create_experiment(
+                cfg.experiment, artifact_location=location
+            )
         else:
             experiment_id = experiment.experiment_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -128,7 +135,9 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status)
 
 
-def make_tracker(cfg: TrackingConfig, run_name: str, tags: dict[str, str], config: DictConfig) -> Tracker:
+def make_tracker(
+    cfg: TrackingConfig, run_name: str, tags: dict[str, str], config: DictConfig
+) -> Tracker:
     if cfg.backend == "none":
         return NullTracker()
     params = flatten(OmegaConf.to_container(config, resolve=True))

@@ -27,6 +27,20 @@ class TrainSummary:
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     run_dir: str = ""
+    tracking_uri: str = ""
+    experiment: str = ""
+
+    def where(self) -> str:
+        """Where to look, for the end of a command's output."""
+        lines = [f"  run dir:  {self.run_dir}  (config.yaml, eval_results.json, checkpoints/best/)"]
+        if self.run_id:
+            lines.append(
+                f"  MLflow:   run {self.run_id} in experiment '{self.experiment}' at {self.tracking_uri}"
+            )
+            lines.append(
+                f"  browse:   pip install 'csetrain[ui]' && mlflow ui --backend-store-uri {self.tracking_uri}"
+            )
+        return "\n".join(lines)
 
 
 def hydra_context() -> tuple[Path | None, dict[str, str], list[str]]:
@@ -56,34 +70,54 @@ def check_fields(objective, corpus, cfg: DictConfig) -> None:
         )
 
 
-def build(cfg: DictConfig, settings: dict, run_dir: Path, tracker) -> tuple[Components, dict[str, str]]:
+def build(
+    cfg: DictConfig, settings: dict, run_dir: Path, tracker
+) -> tuple[Components, dict[str, str]]:
     trainer = settings["trainer"]
     runtime = Runtime(trainer)
     encoder = instantiate(cfg.model).to(runtime.device)
-    objective = instantiate(cfg.objective, miner=instantiate(cfg.negative_mining)).to(runtime.device)
+    objective = instantiate(cfg.objective, miner=instantiate(cfg.negative_mining)).to(
+        runtime.device
+    )
     corpus = instantiate(cfg.data).load()
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)
     tokenizer = encoder.tokenizer
     collator = Collator(
-        data_fields=objective.data_fields + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+        data_fields=objective.data_fields
+        + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
         augmentation=instantiate(cfg.augmentation),
         pad_id=tokenizer.pad_token_id,
         special_ids=set(tokenizer.all_special_ids),
         augmented_positive=objective.augmented_positive,
         seed=trainer.seed,
     )
-    params = [p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad]
+    params = [
+        p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad
+    ]
     optimizer = runtime.optimizer(params, trainer.lr, trainer.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(trainer.schedule, trainer.warmup_steps, trainer.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(trainer.schedule, trainer.warmup_steps, trainer.max_steps)
+    )
     components = Components(
-        encoder=encoder, objective=objective, dataset=dataset,
-        sampler=StepSampler(len(dataset), trainer.batch_size, trainer.seed), collator=collator,
-        runtime=runtime, optimizer=optimizer, scheduler=scheduler,
-        evaluator=instantiate(cfg.dev_eval), checkpointer=Checkpointer(run_dir), tracker=tracker,
+        encoder=encoder,
+        objective=objective,
+        dataset=dataset,
+        sampler=StepSampler(len(dataset), trainer.batch_size, trainer.seed),
+        collator=collator,
+        runtime=runtime,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        evaluator=instantiate(cfg.dev_eval),
+        checkpointer=Checkpointer(run_dir),
+        tracker=tracker,
     )
     data_tags = {f"data.sha256.{name}": digest[:16] for name, digest in corpus.checksums.items()}
-    return components, {**data_tags, "data.sentences": str(len(dataset)), "model.source": encoder.source}
+    return components, {
+        **data_tags,
+        "data.sentences": str(len(dataset)),
+        "model.source": encoder.source,
+    }
 
 
 def run_training(cfg: DictConfig) -> TrainSummary:
@@ -91,12 +125,20 @@ def run_training(cfg: DictConfig) -> TrainSummary:
     FINISHED or FAILED whatever happens."""
     settings = validate_settings(cfg)
     hydra_dir, choices, overrides = hydra_context()
-    run_dir = hydra_dir or Path(settings["paths"].output_dir) / "runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = hydra_dir or Path(settings["paths"].output_dir) / "runs" / time.strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
-    tags = {**{f"choice.{k}": v for k, v in choices.items()}, **git_info(),
-            "eval.protocol": str(cfg.eval.protocol), "dev_eval.protocol": str(cfg.dev_eval.protocol),
-            "run_dir": str(run_dir.resolve())}
-    tracker = make_tracker(settings["tracking"], run_name(cfg, overrides), tags, cfg)  # before seeding
+    tags = {
+        **{f"choice.{k}": v for k, v in choices.items()},
+        **git_info(),
+        "eval.protocol": str(cfg.eval.protocol),
+        "dev_eval.protocol": str(cfg.dev_eval.protocol),
+        "run_dir": str(run_dir.resolve()),
+    }
+    tracker = make_tracker(
+        settings["tracking"], run_name(cfg, overrides), tags, cfg
+    )  # before seeding
     status = "FAILED"
     try:
         seed_everything(settings["trainer"].seed)
@@ -105,6 +147,10 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         tracker.set_tags(more_tags)
         summary = _train_and_test(cfg, settings, components, run_dir)
         summary.run_id = tracker.run_id
+        summary.tracking_uri, summary.experiment = (
+            settings["tracking"].uri,
+            settings["tracking"].experiment,
+        )
         status = "FINISHED"
         return summary
     finally:
@@ -124,15 +170,27 @@ def _train_and_test(cfg: DictConfig, settings: dict, c: Components, run_dir: Pat
     test_metrics = test_result.prefixed("test")
     c.tracker.log_metrics(test_metrics, fitted.best_step)
     report = {
-        "selection": {"metric": f"eval/{c.evaluator.protocol}/{c.evaluator.label(c.evaluator.tasks[0])}",
-                      "best": fitted.best_metric, "best_step": fitted.best_step, "history": fitted.history},
-        "test": {"protocol": test_result.details.get("protocol"), "pairs": test_result.details.get("pairs"),
-                 "metrics": test_result.metrics, "checkpoint_step": fitted.best_step},
+        "selection": {
+            "metric": f"eval/{c.evaluator.protocol}/{c.evaluator.label(c.evaluator.tasks[0])}",
+            "best": fitted.best_metric,
+            "best_step": fitted.best_step,
+            "history": fitted.history,
+        },
+        "test": {
+            "protocol": test_result.details.get("protocol"),
+            "pairs": test_result.details.get("pairs"),
+            "metrics": test_result.metrics,
+            "checkpoint_step": fitted.best_step,
+        },
         "train_seconds": fitted.train_seconds,
     }
     write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
-    metrics = {**test_metrics, "eval/best": fitted.best_metric, "eval/best_step": fitted.best_step,
-               "train/seconds": fitted.train_seconds}
+    metrics = {
+        **test_metrics,
+        "eval/best": fitted.best_metric,
+        "eval/best_step": fitted.best_step,
+        "train/seconds": fitted.train_seconds,
+    }
     if fitted.history:
         metrics["eval/start"] = fitted.history[0]["primary"]
     return TrainSummary(fitted.best_metric, metrics, run_dir=str(run_dir))

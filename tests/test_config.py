@@ -12,7 +12,17 @@ from csetrain.config import (
     validate_settings,
 )
 
-GROUPS = ["model", "data", "augmentation", "negative_mining", "objective", "eval", "trainer", "tracking", "experiment"]
+GROUPS = [
+    "model",
+    "data",
+    "augmentation",
+    "negative_mining",
+    "objective",
+    "eval",
+    "trainer",
+    "tracking",
+    "experiment",
+]
 HUB_MODELS = {"bert-base-uncased", "roberta-base"}
 
 
@@ -41,7 +51,10 @@ def test_every_option_composes_and_validates(group, option, data_dir):
 def test_component_options_build(group, data_dir):
     for option in options(group):
         cfg = _compose([f"{group}={option}", f"paths.data_dir={data_dir}"])
-        built = instantiate(cfg[group], **({"miner": instantiate(cfg.negative_mining)} if group == "objective" else {}))
+        built = instantiate(
+            cfg[group],
+            **({"miner": instantiate(cfg.negative_mining)} if group == "objective" else {}),
+        )
         assert type(built).__module__.split(".")[-1] == option  # file name = option name
 
 
@@ -85,8 +98,17 @@ def test_objective_picks_its_companion_miner_but_the_command_line_wins():
 
 def test_experiments_carry_published_recipes():
     unsup = _compose(["experiment=simcse_unsup_bert_base"])
-    assert (unsup.trainer.batch_size, unsup.trainer.lr, unsup.objective.temperature, unsup.data.max_length) == (64, 3e-5, 0.05, 32)
-    assert (unsup.model.pooler, unsup.model.mlp_head, unsup.trainer.eval_every) == ("cls", "train_only", 125)
+    assert (
+        unsup.trainer.batch_size,
+        unsup.trainer.lr,
+        unsup.objective.temperature,
+        unsup.data.max_length,
+    ) == (64, 3e-5, 0.05, 32)
+    assert (unsup.model.pooler, unsup.model.mlp_head, unsup.trainer.eval_every) == (
+        "cls",
+        "train_only",
+        125,
+    )
     sup = _compose(["experiment=simcse_sup_bert_base"])
     assert (sup.trainer.batch_size, sup.trainer.lr, sup.model.mlp_head) == (512, 5e-5, "always")
     assert sup.negative_mining._target_.endswith("HardFromData")

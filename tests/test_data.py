@@ -55,7 +55,9 @@ def test_triplet_csv_roles_and_bad_rows(tmp_path):
 
 
 def test_tokenized_cache_is_built_once_and_keyed(tmp_path, tiny_backbone):
-    (tmp_path / "c.txt").write_text("\n".join(f"sentence number {i} of the corpus" for i in range(50)))
+    (tmp_path / "c.txt").write_text(
+        "\n".join(f"sentence number {i} of the corpus" for i in range(50))
+    )
     corpus = TextLines(["c.txt"], data_dir=str(tmp_path), max_length=6).load()
     first = tokenized_dataset(corpus, tiny_backbone.tokenizer, tmp_path / "cache")
     entries = list((tmp_path / "cache" / "tokenized").iterdir())
@@ -90,7 +92,9 @@ def test_pad_right_pads_and_masks():
 
 
 def test_collator_builds_field_major_views():
-    collate = Collator(("anchor",), Dropout(), pad_id=0, special_ids={101, 102}, augmented_positive=True, seed=0)
+    collate = Collator(
+        ("anchor",), Dropout(), pad_id=0, special_ids={101, 102}, augmented_positive=True, seed=0
+    )
     batch = collate({"anchor_ids": [[101, 5, 102], [101, 6, 7, 102]]}, step=0)
     assert batch.fields == ("anchor", "positive") and batch.size == 2
     assert batch.input_ids.shape == (4, 4)
@@ -101,8 +105,17 @@ def test_collator_builds_field_major_views():
 
 
 def test_collator_reads_supervised_fields_from_data():
-    collate = Collator(("anchor", "positive", "hard_negative"), Dropout(), 0, set(), augmented_positive=False, seed=0)
-    batch = collate({"anchor_ids": [[1]], "positive_ids": [[2, 3]], "hard_negative_ids": [[4]]}, step=0)
+    collate = Collator(
+        ("anchor", "positive", "hard_negative"),
+        Dropout(),
+        0,
+        set(),
+        augmented_positive=False,
+        seed=0,
+    )
+    batch = collate(
+        {"anchor_ids": [[1]], "positive_ids": [[2, 3]], "hard_negative_ids": [[4]]}, step=0
+    )
     assert batch.fields == ("anchor", "positive", "hard_negative")
     assert batch.input_ids.tolist() == [[1, 0], [2, 3], [4, 0]]
 

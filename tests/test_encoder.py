@@ -59,7 +59,10 @@ def test_head_initialised_like_simcse(tiny_backbone):
     assert abs(weight.std().item() - tiny_backbone.model.config.initializer_range) < 0.005
 
 
-@pytest.mark.parametrize(("pooler", "head"), [("cls", "none"), ("mean", "none"), ("cls", "always"), ("cls", "train_only")])
+@pytest.mark.parametrize(
+    ("pooler", "head"),
+    [("cls", "none"), ("mean", "none"), ("cls", "always"), ("cls", "train_only")],
+)
 def test_export_round_trip_csetrain(tmp_path, tiny_backbone, pooler, head):
     encoder = SentenceEncoder(tiny_backbone, pooler=pooler, mlp_head=head)
     save_sentence_transformer(encoder, tmp_path / "m")
@@ -69,7 +72,9 @@ def test_export_round_trip_csetrain(tmp_path, tiny_backbone, pooler, head):
 
 
 @pytest.mark.parametrize(("pooler", "head"), [("mean", "none"), ("cls", "always")])
-def test_sentence_transformers_loads_export_with_identical_embeddings(tmp_path, tiny_backbone, pooler, head):
+def test_sentence_transformers_loads_export_with_identical_embeddings(
+    tmp_path, tiny_backbone, pooler, head
+):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     encoder = SentenceEncoder(tiny_backbone, pooler=pooler, mlp_head=head)
     with torch.no_grad():  # make the head matter: not near-identity
@@ -84,7 +89,9 @@ def test_sentence_transformers_loads_export_with_identical_embeddings(tmp_path, 
 
 def test_first_last_avg_export_refused(tmp_path, tiny_backbone):
     with pytest.raises(ConfigError, match="no sentence-transformers equivalent"):
-        save_sentence_transformer(SentenceEncoder(tiny_backbone, pooler="first_last_avg"), tmp_path / "m")
+        save_sentence_transformer(
+            SentenceEncoder(tiny_backbone, pooler="first_last_avg"), tmp_path / "m"
+        )
     assert not (tmp_path / "m").exists()
 
 
@@ -99,6 +106,8 @@ def test_minilm_matches_sentence_transformers(minilm):
     from csetrain.modeling.backbones import minilm_dir
 
     st = sentence_transformers.SentenceTransformer(str(minilm_dir()), device="cpu")
-    theirs = torch.from_numpy(st.encode(SENTENCES, convert_to_numpy=True))  # normalized by its last module
+    theirs = torch.from_numpy(
+        st.encode(SENTENCES, convert_to_numpy=True)
+    )  # normalized by its last module
     ours = torch.nn.functional.normalize(minilm.encode(SENTENCES), dim=-1)
     assert torch.allclose(ours, theirs, atol=1e-5)

@@ -25,7 +25,9 @@ def _hand_info_nce(a, c, targets, temperature, offset=None):
 def test_cosine_matrix_matches_definition():
     a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     b = torch.tensor([[0.0, 2.0], [3.0, 3.0], [-1.0, 0.0]])
-    expected = torch.tensor([[0.0, 1 / math.sqrt(2), -1.0], [1 / math.sqrt(2), 1.0, -1 / math.sqrt(2)]])
+    expected = torch.tensor(
+        [[0.0, 1 / math.sqrt(2), -1.0], [1 / math.sqrt(2), 1.0, -1 / math.sqrt(2)]]
+    )
     assert torch.allclose(cosine_matrix(a, b), expected, atol=1e-6)
 
 

@@ -13,7 +13,12 @@ from csetrain.negatives.hard_from_data import HardFromData
 from csetrain.objectives.simcse_sup import SimCSESup
 from csetrain.objectives.simcse_unsup import SimCSEUnsup
 
-TEXTS = ["a man plays a guitar", "two dogs run in a field", "the stock market fell today", "a child reads a book"]
+TEXTS = [
+    "a man plays a guitar",
+    "two dogs run in a field",
+    "the stock market fell today",
+    "a child reads a book",
+]
 
 
 def _ids(encoder, texts):
@@ -21,7 +26,14 @@ def _ids(encoder, texts):
 
 
 def _unsup_batch(encoder):
-    collate = Collator(("anchor",), Dropout(), encoder.tokenizer.pad_token_id, set(), augmented_positive=True, seed=0)
+    collate = Collator(
+        ("anchor",),
+        Dropout(),
+        encoder.tokenizer.pad_token_id,
+        set(),
+        augmented_positive=True,
+        seed=0,
+    )
     return collate({"anchor_ids": _ids(encoder, TEXTS)}, step=0)
 
 
@@ -54,13 +66,27 @@ def test_sup_layout_and_hard_negative_weight(tiny_encoder):
     miner = HardFromData()
     objective = SimCSESup(miner=miner, temperature=0.05, hard_negative_weight=math.log(3.0))
     assert objective.required_data_fields == ("anchor", "positive", "hard_negative")
-    collate = Collator(("anchor", "positive", "hard_negative"), Dropout(), 0, set(), augmented_positive=False, seed=0)
-    rows = {"anchor_ids": _ids(tiny_encoder, TEXTS), "positive_ids": _ids(tiny_encoder, TEXTS[::-1]),
-            "hard_negative_ids": _ids(tiny_encoder, [t + " not" for t in TEXTS])}
+    collate = Collator(
+        ("anchor", "positive", "hard_negative"),
+        Dropout(),
+        0,
+        set(),
+        augmented_positive=False,
+        seed=0,
+    )
+    rows = {
+        "anchor_ids": _ids(tiny_encoder, TEXTS),
+        "positive_ids": _ids(tiny_encoder, TEXTS[::-1]),
+        "hard_negative_ids": _ids(tiny_encoder, [t + " not" for t in TEXTS]),
+    }
     batch = collate(rows, step=0)
     tiny_encoder.eval()
     out = objective(tiny_encoder, batch)
-    a, p, n = tiny_encoder.encode(TEXTS), tiny_encoder.encode(TEXTS[::-1]), tiny_encoder.encode([t + " not" for t in TEXTS])
+    a, p, n = (
+        tiny_encoder.encode(TEXTS),
+        tiny_encoder.encode(TEXTS[::-1]),
+        tiny_encoder.encode([t + " not" for t in TEXTS]),
+    )
     offset = hard_negative_offset(4, 4, math.log(3.0))
     expected, logits = info_nce(a, torch.cat([p, n]), torch.arange(4), 0.05, offset)
     assert logits.shape == (4, 8)

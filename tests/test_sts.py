@@ -30,7 +30,9 @@ def test_all_mean_wmean_against_scipy():
     assert scores["spearman_all"] == pytest.approx(100 * pooled)
     assert scores["spearman_mean"] == pytest.approx(100 * (r1 + r2) / 2)
     assert scores["spearman_wmean"] == pytest.approx(100 * (5 * r1 + 3 * r2) / 8)
-    assert scores["pearson_all"] == pytest.approx(100 * pearsonr(np.concatenate([sim1, sim2]), [0, 1, 2, 3, 4, 5, 1, 3]).statistic)
+    assert scores["pearson_all"] == pytest.approx(
+        100 * pearsonr(np.concatenate([sim1, sim2]), [0, 1, 2, 3, 4, 5, 1, 3]).statistic
+    )
     # 'all' is not the mean here: the protocols really differ on this data
     assert abs(scores["spearman_all"] - scores["spearman_mean"]) > 1
 
@@ -38,7 +40,9 @@ def test_all_mean_wmean_against_scipy():
 def test_single_split_task_reports_plain_spearman():
     scores = score_task([_pairs("test", [1, 2, 3])], [np.array([0.3, 0.1, 0.2])])
     assert set(scores) == {"spearman", "pearson"}
-    assert scores["spearman"] == pytest.approx(100 * spearmanr([0.3, 0.1, 0.2], [1, 2, 3]).statistic)
+    assert scores["spearman"] == pytest.approx(
+        100 * spearmanr([0.3, 0.1, 0.2], [1, 2, 3]).statistic
+    )
 
 
 def test_read_pairs_does_not_treat_quotes_as_csv_quoting(tmp_path):
@@ -58,7 +62,10 @@ def test_read_pairs_bad_row_names_file_and_line(tmp_path):
 
 def test_senteval_text_is_moses_lowercased_and_rejoined():
     # Moses (not PTB) splitting: "isn 't", exactly as in SentEval's own files (see next test)
-    assert senteval_text("The cat's  toy, isn't it?", lower=True, tokenize=True) == "the cat 's toy , isn 't it ?"
+    assert (
+        senteval_text("The cat's  toy, isn't it?", lower=True, tokenize=True)
+        == "the cat 's toy , isn 't it ?"
+    )
     assert senteval_text("A  B", lower=False, tokenize=False) == "A B"
 
 
@@ -78,9 +85,16 @@ def test_our_moses_pipeline_reproduces_senteval_files(data_dir):
 
 @pytest.mark.parametrize(
     ("task", "protocol", "pairs"),
-    [("sts12", "senteval", 3108), ("sts13", "senteval", 1500), ("sts14", "mteb", 3750),
-     ("sts15", "senteval", 3000), ("sts16", "mteb", 1186), ("stsb", "senteval", 1379),
-     ("sickr", "senteval", 4927), ("sickr", "mteb", 9927)],
+    [
+        ("sts12", "senteval", 3108),
+        ("sts13", "senteval", 1500),
+        ("sts14", "mteb", 3750),
+        ("sts15", "senteval", 3000),
+        ("sts16", "mteb", 1186),
+        ("stsb", "senteval", 1379),
+        ("sickr", "senteval", 4927),
+        ("sickr", "mteb", 9927),
+    ],
 )
 def test_pair_counts_match_senteval_and_mteb(data_dir, task, protocol, pairs):
     assert sum(len(s.gold) for s in load_task(data_dir, task, "test", protocol)) == pairs
@@ -122,14 +136,18 @@ class _BagOfWords:
 
 
 def test_each_distinct_sentence_encoded_once_and_scores_match_manual(data_dir):
-    evaluator = STSEvaluator(["stsb", "sickr"], split="dev", protocol="mteb", data_dir=str(data_dir))
+    evaluator = STSEvaluator(
+        ["stsb", "sickr"], split="dev", protocol="mteb", data_dir=str(data_dir)
+    )
     encoder = _BagOfWords()
     result = evaluator(encoder)
     (asked,) = encoder.calls
     assert len(asked) == len(set(asked))
     # recompute STS-B dev by hand: encode each side separately, cosine per pair, scipy
     pairs = evaluator.data["stsb"][0]
-    sims = torch.nn.functional.cosine_similarity(encoder.encode(pairs.first), encoder.encode(pairs.second))
+    sims = torch.nn.functional.cosine_similarity(
+        encoder.encode(pairs.first), encoder.encode(pairs.second)
+    )
     expected = 100 * spearmanr(sims.numpy(), pairs.gold).statistic
     assert result.metrics["mteb/stsb_dev/spearman"] == pytest.approx(expected, abs=1e-9)
     assert result.primary_key == "mteb/stsb_dev/spearman"
@@ -137,7 +155,12 @@ def test_each_distinct_sentence_encoded_once_and_scores_match_manual(data_dir):
 
 
 def test_encode_is_batch_and_order_invariant(tiny_encoder):
-    sentences = ["a short one", "a much longer sentence with many more words in it", "a short one", "mid length text here"]
+    sentences = [
+        "a short one",
+        "a much longer sentence with many more words in it",
+        "a short one",
+        "mid length text here",
+    ]
     together = tiny_encoder.encode(sentences, batch_size=2)
     alone = torch.cat([tiny_encoder.encode([s], batch_size=1) for s in sentences])
     assert torch.allclose(together, alone, atol=1e-5)

@@ -32,9 +32,19 @@ class RecordingTracker(NullTracker):
 
 
 def _run_tiny(tmp_path, extra=()):
-    cfg = _compose(["experiment=demo", "model=tiny", "trainer.max_steps=5", "trainer.batch_size=8",
-                    "trainer.log_every=1", "trainer.eval_every=0", "trainer.progress=false",
-                    f"paths.output_dir={tmp_path}", *extra])
+    cfg = _compose(
+        [
+            "experiment=demo",
+            "model=tiny",
+            "trainer.max_steps=5",
+            "trainer.batch_size=8",
+            "trainer.log_every=1",
+            "trainer.eval_every=0",
+            "trainer.progress=false",
+            f"paths.output_dir={tmp_path}",
+            *extra,
+        ]
+    )
     settings = validate_settings(cfg)
     from csetrain.runtime import seed_everything
 
@@ -69,7 +79,11 @@ def test_lr_schedule_is_linear_to_zero(tmp_path):
 
 def test_best_checkpoint_is_the_best_dev_step(tmp_path):
     tracker, components = _run_tiny(tmp_path, ["trainer.eval_every=2", "trainer.lr=5e-3"])
-    dev = [(step, m["eval/senteval/stsb_dev/spearman"]) for step, m in tracker.metrics if "eval/senteval/stsb_dev/spearman" in m]
+    dev = [
+        (step, m["eval/senteval/stsb_dev/spearman"])
+        for step, m in tracker.metrics
+        if "eval/senteval/stsb_dev/spearman" in m
+    ]
     assert [s for s, _ in dev] == [0, 2, 4, 5]
     best_step, best_value = max(dev, key=lambda sv: sv[1])
     info = components.checkpointer.best_info()
@@ -81,9 +95,21 @@ def test_best_checkpoint_is_the_best_dev_step(tmp_path):
 
 def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [sys.executable, "-m", "csetrain.cli", "train", "experiment=demo", "model=tiny",
-           "trainer.max_steps=4", "trainer.eval_every=2", "trainer.batch_size=8", "trainer.progress=false",
-           f"tracking.uri={uri}", f"paths.output_dir={tmp_path}/out", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "csetrain.cli",
+        "train",
+        "experiment=demo",
+        "model=tiny",
+        "trainer.max_steps=4",
+        "trainer.eval_every=2",
+        "trainer.batch_size=8",
+        "trainer.progress=false",
+        f"tracking.uri={uri}",
+        f"paths.output_dir={tmp_path}/out",
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,7 +120,9 @@ def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["test/senteval/stsb/spearman"] == pytest.approx(metrics["test/senteval/stsb/spearman"])
+    assert run.data.metrics["test/senteval/stsb/spearman"] == pytest.approx(
+        metrics["test/senteval/stsb/spearman"]
+    )
     assert {"train/loss", "train/lr", "eval/senteval/stsb_dev/spearman"} <= set(run.data.metrics)
     assert run.data.params["trainer.max_steps"] == "4" and run.data.tags["choice.model"] == "tiny"
     assert "trainer.max_steps=4" in run.info.run_name
@@ -108,7 +136,9 @@ def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
     from csetrain.modeling.export import load_sentence_encoder
 
     sentences = load_task(ASSETS_DIR / "sample", "stsb", "test", "senteval")[0].first[:64]
-    theirs = torch.from_numpy(SentenceTransformer(model_dir, device="cpu").encode(sentences, convert_to_numpy=True))
+    theirs = torch.from_numpy(
+        SentenceTransformer(model_dir, device="cpu").encode(sentences, convert_to_numpy=True)
+    )
     ours = load_sentence_encoder(metrics_run_dir(run) / "checkpoints" / "best").encode(sentences)
     assert torch.allclose(theirs, ours, atol=1e-5)
 
@@ -121,8 +151,17 @@ def metrics_run_dir(run):
 
 def test_cli_failure_marks_run_failed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [sys.executable, "-m", "csetrain.cli", "train", "experiment=demo", "model=tiny", "data.files=[missing.txt]",
-           f"tracking.uri={uri}", f"paths.output_dir={tmp_path}/out"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "csetrain.cli",
+        "train",
+        "experiment=demo",
+        "model=tiny",
+        "data.files=[missing.txt]",
+        f"tracking.uri={uri}",
+        f"paths.output_dir={tmp_path}/out",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: corpus file not found")

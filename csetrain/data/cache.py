@@ -17,7 +17,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     call with truncation=True rewrites it, and it does not change the cached (unpadded) ids."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        state = {
+            k: v
+            for k, v in json.loads(backend.to_str()).items()
+            if k not in ("truncation", "padding")
+        }
     else:
         state = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
@@ -47,7 +51,9 @@ def tokenized_dataset(corpus: Corpus, tokenizer, cache_dir: str | Path):
 
     def tokenize(batch):
         return {
-            f"{f}_ids": tokenizer(batch[f], truncation=True, max_length=corpus.max_length)["input_ids"]
+            f"{f}_ids": tokenizer(batch[f], truncation=True, max_length=corpus.max_length)[
+                "input_ids"
+            ]
             for f in corpus.fields
         }
 

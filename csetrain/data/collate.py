@@ -43,7 +43,9 @@ class StepSampler:
 
     def __init__(self, num_rows: int, batch_size: int, seed: int) -> None:
         if batch_size > num_rows:
-            raise ConfigError(f"trainer.batch_size={batch_size} exceeds the corpus size {num_rows}: lower it or add data")
+            raise ConfigError(
+                f"trainer.batch_size={batch_size} exceeds the corpus size {num_rows}: lower it or add data"
+            )
         self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
         self._epoch, self._perm = -1, None
 
@@ -68,8 +70,15 @@ class Collator:
     """Rows -> Batch. `data_fields` are read from the dataset; when `augmented_positive` is set
     the `positive` view is made from the anchor's tokens by the augmentation (self-supervised)."""
 
-    def __init__(self, data_fields: tuple[str, ...], augmentation, pad_id: int, special_ids: set[int],
-                 augmented_positive: bool, seed: int) -> None:
+    def __init__(
+        self,
+        data_fields: tuple[str, ...],
+        augmentation,
+        pad_id: int,
+        special_ids: set[int],
+        augmented_positive: bool,
+        seed: int,
+    ) -> None:
         self.data_fields = data_fields
         self.augmentation = augmentation
         self.pad_id = pad_id
@@ -81,13 +90,19 @@ class Collator:
     def fields(self) -> tuple[str, ...]:
         if not self.augmented_positive:
             return self.data_fields
-        return ("anchor", "positive", *[f for f in self.data_fields if f not in ("anchor", "positive")])
+        return (
+            "anchor",
+            "positive",
+            *[f for f in self.data_fields if f not in ("anchor", "positive")],
+        )
 
     def __call__(self, rows: dict[str, list], step: int) -> Batch:
         views = {f: rows[f"{f}_ids"] for f in self.data_fields}
         if self.augmented_positive:
             rng = random.Random(self.seed * 1_000_003 + step)  # seeded per step: resumable
-            views["positive"] = [self.augmentation(ids, self.special_ids, rng) for ids in views["anchor"]]
+            views["positive"] = [
+                self.augmentation(ids, self.special_ids, rng) for ids in views["anchor"]
+            ]
         sequences = [seq for f in self.fields for seq in views[f]]
         return Batch(*pad(sequences, self.pad_id), fields=self.fields, size=len(views["anchor"]))
 

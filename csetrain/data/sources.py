@@ -26,7 +26,9 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {err.start}); re-encode the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not valid UTF-8 (byte {err.start}); re-encode the file as UTF-8"
+        ) from None
 
 
 @dataclass
@@ -45,8 +47,14 @@ class TextLines:
 
     fields = ("anchor",)
 
-    def __init__(self, files: list[str], data_dir: str | None = None, name: str = "text",
-                 max_length: int = 32, max_sentences: int | None = None):
+    def __init__(
+        self,
+        files: list[str],
+        data_dir: str | None = None,
+        name: str = "text",
+        max_length: int = 32,
+        max_sentences: int | None = None,
+    ):
         self.files, self.data_dir, self.name = list(files), data_dir, name
         self.max_length, self.max_sentences = max_length, max_sentences
 
@@ -56,11 +64,15 @@ class TextLines:
         for rel in self.files:
             path = require_file(root / rel, "corpus file", "data.files")
             checksums[rel] = sha256_file(path)
-            records += [{"anchor": line.strip()} for line in _read_text(path).splitlines() if line.strip()]
+            records += [
+                {"anchor": line.strip()} for line in _read_text(path).splitlines() if line.strip()
+            ]
         if self.max_sentences:
             records = records[: self.max_sentences]
         if not records:
-            raise ConfigError(f"corpus {self.files} under {root} has no non-blank lines: point data.files at real text")
+            raise ConfigError(
+                f"corpus {self.files} under {root} has no non-blank lines: point data.files at real text"
+            )
         return Corpus(self.name, records, self.fields, checksums, self.max_length)
 
 
@@ -69,23 +81,37 @@ class TripletCSV:
 
     fields = ("anchor", "positive", "hard_negative")
 
-    def __init__(self, file: str, data_dir: str | None = None, name: str = "nli",
-                 max_length: int = 32, max_sentences: int | None = None):
+    def __init__(
+        self,
+        file: str,
+        data_dir: str | None = None,
+        name: str = "nli",
+        max_length: int = 32,
+        max_sentences: int | None = None,
+    ):
         self.file, self.data_dir, self.name = file, data_dir, name
         self.max_length, self.max_sentences = max_length, max_sentences
 
     def load(self) -> Corpus:
-        path = require_file(resolve_data_dir(self.data_dir) / self.file, "NLI triplet CSV", "data.file")
+        path = require_file(
+            resolve_data_dir(self.data_dir) / self.file, "NLI triplet CSV", "data.file"
+        )
         rows = list(csv.reader(_read_text(path).splitlines()))
         if not rows or [c.strip() for c in rows[0]] != list(NLI_COLUMNS):
-            raise ConfigError(f"{path}: header must be 'sent0,sent1,hard_neg' (SimCSE's nli_for_simcse.csv format)")
+            raise ConfigError(
+                f"{path}: header must be 'sent0,sent1,hard_neg' (SimCSE's nli_for_simcse.csv format)"
+            )
         records = []
         for number, row in enumerate(rows[1:], start=2):
             if len(row) != 3 or not all(c.strip() for c in row):
-                raise ConfigError(f"{path}:{number}: expected 3 non-empty fields sent0,sent1,hard_neg, got {len(row)}; fix or delete the row")
+                raise ConfigError(
+                    f"{path}:{number}: expected 3 non-empty fields sent0,sent1,hard_neg, got {len(row)}; fix or delete the row"
+                )
             records.append({role: text.strip() for role, text in zip(NLI_COLUMNS.values(), row)})
         if self.max_sentences:
             records = records[: self.max_sentences]
         if not records:
             raise ConfigError(f"{path}: no triplets after the header")
-        return Corpus(self.name, records, self.fields, {self.file: sha256_file(path)}, self.max_length)
+        return Corpus(
+            self.name, records, self.fields, {self.file: sha256_file(path)}, self.max_length
+        )

@@ -59,7 +59,10 @@ class EvalResult:
         return {f"{stage}/{k}": v for k, v in self.metrics.items()}
 
     def to_json(self) -> str:
-        return json.dumps({"metrics": self.metrics, "primary_key": self.primary_key, "details": self.details}, indent=2)
+        return json.dumps(
+            {"metrics": self.metrics, "primary_key": self.primary_key, "details": self.details},
+            indent=2,
+        )
 
 
 def read_pairs(path: Path, name: str) -> PairSet:
@@ -72,7 +75,9 @@ def read_pairs(path: Path, name: str) -> PairSet:
     if bad:
         raise ConfigError(f"{path}:{bad[0]}: expected 3 tab-separated fields; fix the file")
     body = rows[1:]
-    return PairSet(name, [r[1] for r in body], [r[2] for r in body], np.array([float(r[0]) for r in body]))
+    return PairSet(
+        name, [r[1] for r in body], [r[2] for r in body], np.array([float(r[0]) for r in body])
+    )
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +98,9 @@ def senteval_text(sentence: str, lower: bool, tokenize: bool) -> str:
 
 
 def _transform(pairs: PairSet, fn) -> PairSet:
-    return PairSet(pairs.name, [fn(s) for s in pairs.first], [fn(s) for s in pairs.second], pairs.gold)
+    return PairSet(
+        pairs.name, [fn(s) for s in pairs.first], [fn(s) for s in pairs.second], pairs.gold
+    )
 
 
 def load_task(root: Path, task: str, split: str, protocol: str) -> list[PairSet]:
@@ -104,15 +111,35 @@ def load_task(root: Path, task: str, split: str, protocol: str) -> list[PairSet]
         folder = root / "sts-senteval" / task  # both protocols: see the module docstring
         files = sorted(folder.glob("*.tsv"))
         if not files:
-            raise ConfigError(f"no {task} files in {folder}: the data directory (paths.data_dir / $CSETRAIN_DATA_DIR) must hold {folder.parent.name}/{task}/*.tsv")
+            raise ConfigError(
+                f"no {task} files in {folder}: the data directory (paths.data_dir / $CSETRAIN_DATA_DIR) must hold {folder.parent.name}/{task}/*.tsv"
+            )
         subsets = [read_pairs(f, f.stem) for f in files]
-        return [_transform(s, lambda x: " ".join(x.split())) for s in subsets] if protocol == "senteval" else subsets
+        return (
+            [_transform(s, lambda x: " ".join(x.split())) for s in subsets]
+            if protocol == "senteval"
+            else subsets
+        )
     if task not in SPLIT_TASKS:
-        raise ConfigError(f"eval.tasks: unknown task '{task}'; choose from {list(YEARS + SPLIT_TASKS)}")
-    splits = ["train", "dev", "test"] if (task == "sickr" and protocol == "mteb" and split == "test") else [split]
-    subsets = [read_pairs(require_file(root / "sts" / task / f"{s}.tsv", f"{task} {s} split", "paths.data_dir"), s) for s in splits]
+        raise ConfigError(
+            f"eval.tasks: unknown task '{task}'; choose from {list(YEARS + SPLIT_TASKS)}"
+        )
+    splits = (
+        ["train", "dev", "test"]
+        if (task == "sickr" and protocol == "mteb" and split == "test")
+        else [split]
+    )
+    subsets = [
+        read_pairs(
+            require_file(root / "sts" / task / f"{s}.tsv", f"{task} {s} split", "paths.data_dir"), s
+        )
+        for s in splits
+    ]
     if protocol == "senteval":  # SentEval lower-cases STS-B but not SICK
-        return [_transform(s, lambda x: senteval_text(x, lower=task == "stsb", tokenize=True)) for s in subsets]
+        return [
+            _transform(s, lambda x: senteval_text(x, lower=task == "stsb", tokenize=True))
+            for s in subsets
+        ]
     return subsets
 
 
@@ -123,7 +150,9 @@ def correlations(pred: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
 
 def score_task(subsets: list[PairSet], sims: list[np.ndarray]) -> dict[str, float]:
     """'all' over the pooled pairs; 'mean'/'wmean' over subsets (for multi-subset tasks)."""
-    spearman_all, pearson_all = correlations(np.concatenate(sims), np.concatenate([s.gold for s in subsets]))
+    spearman_all, pearson_all = correlations(
+        np.concatenate(sims), np.concatenate([s.gold for s in subsets])
+    )
     if len(subsets) == 1 or subsets[0].name in ("train", "dev", "test"):
         return {"spearman": spearman_all, "pearson": pearson_all}
     per = [correlations(sim, s.gold)[0] for s, sim in zip(subsets, sims)]
@@ -148,12 +177,21 @@ class STSEvaluator:
     Data is read once per evaluator; each distinct sentence is encoded once per call.
     """
 
-    def __init__(self, tasks: list[str], split: str = "test", protocol: str = "senteval",
-                 data_dir: str | None = None, batch_size: int = 128, progress: bool = False) -> None:
+    def __init__(
+        self,
+        tasks: list[str],
+        split: str = "test",
+        protocol: str = "senteval",
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        progress: bool = False,
+    ) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"eval.protocol='{protocol}' is unknown: choose senteval or mteb")
         if split not in ("dev", "test"):
-            raise ConfigError(f"eval.split='{split}': choose dev or test (training data is never an eval split)")
+            raise ConfigError(
+                f"eval.split='{split}': choose dev or test (training data is never an eval split)"
+            )
         self.tasks, self.split, self.protocol = list(tasks), split, protocol
         self.batch_size, self.progress = batch_size, progress
         root = resolve_data_dir(data_dir)
@@ -163,16 +201,27 @@ class STSEvaluator:
         return task if self.split == "test" else f"{task}_{self.split}"
 
     def sentences(self) -> list[str]:
-        return list(dict.fromkeys(s for subsets in self.data.values() for p in subsets for s in p.first + p.second))
+        return list(
+            dict.fromkeys(
+                s for subsets in self.data.values() for p in subsets for s in p.first + p.second
+            )
+        )
 
     def __call__(self, encoder) -> EvalResult:
         unique = self.sentences()
-        vectors = torch.nn.functional.normalize(encoder.encode(unique, self.batch_size, self.progress), dim=-1)
+        vectors = torch.nn.functional.normalize(
+            encoder.encode(unique, self.batch_size, self.progress), dim=-1
+        )
         index = {s: i for i, s in enumerate(unique)}
         metrics, details = {}, {"protocol": self.protocol, "split": self.split, "pairs": {}}
         mains = []
         for task, subsets in self.data.items():
-            sims = [(vectors[[index[s] for s in p.first]] * vectors[[index[s] for s in p.second]]).sum(-1).numpy() for p in subsets]
+            sims = [
+                (vectors[[index[s] for s in p.first]] * vectors[[index[s] for s in p.second]])
+                .sum(-1)
+                .numpy()
+                for p in subsets
+            ]
             scores = score_task(subsets, sims)
             label = self.label(task)
             metrics.update({f"{self.protocol}/{label}/{k}": v for k, v in scores.items()})
@@ -181,5 +230,7 @@ class STSEvaluator:
         if len(self.data) > 1:
             metrics[f"{self.protocol}/avg/spearman"] = float(np.mean(mains))
         first = self.label(self.tasks[0])
-        key = f"{self.protocol}/{first}/" + ("spearman_all" if self.tasks[0] in YEARS else "spearman")
+        key = f"{self.protocol}/{first}/" + (
+            "spearman_all" if self.tasks[0] in YEARS else "spearman"
+        )
         return EvalResult(metrics, metrics[key], key, details)

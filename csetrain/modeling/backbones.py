@@ -48,7 +48,10 @@ def from_pretrained(name_or_path: str, dropout: float | None = None) -> Backbone
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModel.from_pretrained(
-            name_or_path, add_pooling_layer=False, attn_implementation="sdpa", **_dropout_kwargs(dropout)
+            name_or_path,
+            add_pooling_layer=False,
+            attn_implementation="sdpa",
+            **_dropout_kwargs(dropout),
         )
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -122,4 +125,6 @@ def tiny(
     with torch.random.fork_rng(devices=[]):  # same weights whatever the global seed
         torch.manual_seed(init_seed)
         model = BertModel(config, add_pooling_layer=False)
-    return Backbone(model=model, tokenizer=tokenizer, source=f"tiny-bert(h={hidden_size},L={num_layers})")
+    return Backbone(
+        model=model, tokenizer=tokenizer, source=f"tiny-bert(h={hidden_size},L={num_layers})"
+    )

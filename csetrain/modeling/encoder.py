@@ -32,7 +32,9 @@ class SentenceEncoder(nn.Module):
         if mlp_head not in ("none", "train_only", "always"):
             from csetrain.config import ConfigError
 
-            raise ConfigError(f"model.mlp_head='{mlp_head}' is unknown: choose none, train_only or always")
+            raise ConfigError(
+                f"model.mlp_head='{mlp_head}' is unknown: choose none, train_only or always"
+            )
         self.transformer = backbone.model
         self.tokenizer = backbone.tokenizer
         self.source = backbone.source
@@ -73,7 +75,9 @@ class SentenceEncoder(nn.Module):
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""
         limit = max_length or self.transformer.config.max_position_embeddings
-        return self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"
+        )
 
     @torch.no_grad()
     def encode(self, sentences: list[str], batch_size: int = 128, progress: bool = False) -> Tensor:
@@ -95,7 +99,9 @@ class SentenceEncoder(nn.Module):
             idx = order[start : start + batch_size]
             batch = self.tokenize([unique[i] for i in idx])
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            z = self(batch["input_ids"], batch["attention_mask"], apply_head=self.mlp_head == "always")
+            z = self(
+                batch["input_ids"], batch["attention_mask"], apply_head=self.mlp_head == "always"
+            )
             vectors[idx] = z.float().cpu()
         self.train(was_training)
         position = {s: i for i, s in enumerate(unique)}

@@ -45,8 +45,12 @@ class Objective(nn.Module):
 class InfoNCEObjective(Objective):
     """Anchor vs its positive, against the other rows' positives and the miner's extras."""
 
-    def __init__(self, miner: NegativeMiner | None = None, temperature: float = 0.05,
-                 hard_negative_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        miner: NegativeMiner | None = None,
+        temperature: float = 0.05,
+        hard_negative_weight: float = 0.0,
+    ) -> None:
         super().__init__(miner)
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
@@ -59,7 +63,9 @@ class InfoNCEObjective(Objective):
         if extra is not None:
             candidates = torch.cat([positives, extra.embeddings])  # (B + M, D)
             if extra.aligned and self.hard_negative_weight:
-                offset = hard_negative_offset(len(anchors), len(positives), self.hard_negative_weight, anchors.device)
+                offset = hard_negative_offset(
+                    len(anchors), len(positives), self.hard_negative_weight, anchors.device
+                )
         targets = torch.arange(len(anchors), device=anchors.device)
         loss, logits = info_nce(anchors, candidates, targets, self.temperature, offset)
         return ObjectiveOutput(loss, {"acc": top1_accuracy(logits.detach(), targets)})
