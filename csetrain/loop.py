@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from csetrain.config import CsetrainError
+from csetrain.grad_cache import grad_cache_step
 
 
 class TrainingDiverged(CsetrainError):
@@ -54,13 +55,22 @@ def _evaluate(c: Components, step: int, best: FitResult) -> None:
     c.encoder.train()
 
 
+def _forward_backward(c: Components, batch, chunk_size: int):
+    if chunk_size:
+        return grad_cache_step(c.objective, c.encoder, batch, chunk_size, c.runtime)
+    with c.runtime.autocast():
+        out = c.objective(c.encoder, batch)
+    c.runtime.backward(out.loss)
+    return out
+
+
 def fit(c: Components, cfg) -> FitResult:
     """Train for cfg.max_steps steps; return the best dev metric and where it was reached."""
     result = FitResult(best_metric=-math.inf, best_step=-1, steps=cfg.max_steps, train_seconds=0.0)
     params = [
         p for p in list(c.encoder.parameters()) + list(c.objective.parameters()) if p.requires_grad
     ]
-    token_rows = c.dataset.select_columns([f"{f}_ids" for f in c.collator.data_fields])
+    token_rows = c.dataset.select_columns(c.collator.columns)
     if cfg.eval_every:
         _evaluate(c, 0, result)  # the starting point, so "before -> after" is in every run
     c.encoder.train()
@@ -69,12 +79,10 @@ def fit(c: Components, cfg) -> FitResult:
     for step in bar:
         rows = token_rows[c.sampler.indices(step)]
         batch = c.collator(rows, step).to(c.runtime.device, non_blocking=True)
-        with c.runtime.autocast():
-            out = c.objective(c.encoder, batch)
-        c.runtime.backward(out.loss)
+        out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)
         grad_norm = c.runtime.step(c.optimizer, params)
         c.scheduler.step()
-        c.objective.after_optimizer_step(c.encoder)
+        c.objective.after_optimizer_step(c.encoder, batch)
         window_sentences += batch.size
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.max_steps:

@@ -91,6 +91,8 @@ def build(
         special_ids=set(tokenizer.all_special_ids),
         augmented_positive=objective.augmented_positive,
         seed=trainer.seed,
+        tokenizer=tokenizer,
+        max_length=corpus.max_length,
     )
     params = [
         p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad

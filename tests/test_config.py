@@ -70,7 +70,7 @@ def test_eval_and_data_options_build_against_the_data_pack(data_dir):
 @pytest.mark.parametrize("option", [o for o in options("model") if o not in HUB_MODELS | {"saved"}])
 def test_offline_models_build(option):
     encoder = instantiate(_compose([f"model={option}"]).model)
-    assert encoder.encode(["a sentence"]).shape == (1, encoder.dim)
+    assert encoder.encode(["a sentence"]).shape == (1, encoder.output_dim)
 
 
 @pytest.mark.parametrize("option", sorted(HUB_MODELS))

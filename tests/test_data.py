@@ -122,3 +122,38 @@ def test_collator_reads_supervised_fields_from_data():
 
 def test_dropout_augmentation_is_identity():
     assert Dropout()([101, 7, 8, 102], {101, 102}, random.Random(0)) == [101, 7, 8, 102]
+
+
+class _Upper:
+    """A text-level augmentation: the positive is the upper-cased anchor text."""
+
+    level = "text"
+
+    def __call__(self, text, rng):
+        return text.upper() + " x"
+
+
+def test_text_level_augmentation_tokenizes_the_augmented_text(tiny_backbone):
+    tok = tiny_backbone.tokenizer
+    collate = Collator(
+        ("anchor",),
+        _Upper(),
+        tok.pad_token_id,
+        set(tok.all_special_ids),
+        augmented_positive=True,
+        seed=0,
+        tokenizer=tok,
+        max_length=5,
+    )
+    assert collate.columns == ["anchor_ids", "anchor"]
+    texts = ["hello there world", "a b c d e f g"]
+    batch = collate(
+        {"anchor_ids": tok(texts, truncation=True, max_length=5)["input_ids"], "anchor": texts},
+        step=0,
+    )
+    expected = tok([t.upper() + " x" for t in texts], truncation=True, max_length=5)["input_ids"]
+    positives = [
+        row[mask.bool()].tolist()
+        for row, mask in zip(batch.input_ids[2:], batch.attention_mask[2:])
+    ]
+    assert positives == expected

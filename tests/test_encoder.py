@@ -111,3 +111,31 @@ def test_minilm_matches_sentence_transformers(minilm):
     )  # normalized by its last module
     ours = torch.nn.functional.normalize(minilm.encode(SENTENCES), dim=-1)
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_layer_and_dim_choose_the_inference_embedding(tiny_backbone):
+    encoder = SentenceEncoder(tiny_backbone, pooler="mean").eval()
+    batch = encoder.tokenize(SENTENCES)
+    layers = encoder.pooled_layers(batch["input_ids"], batch["attention_mask"])
+    assert len(layers) == encoder.num_layers
+    assert torch.allclose(
+        layers[-1], encoder.pooled(batch["input_ids"], batch["attention_mask"]), atol=1e-6
+    )
+    first = SentenceEncoder(tiny_backbone, pooler="mean", layer=1, dim=8)
+    out = first.encode(SENTENCES)
+    assert out.shape == (3, 8)
+    assert torch.allclose(out, layers[0][:, :8], atol=1e-5)  # a prefix of layer 1's embedding
+    with pytest.raises(ConfigError, match="model.layer=3"):
+        SentenceEncoder(tiny_backbone, layer=3)
+    with pytest.raises(ConfigError, match="model.dim=99"):
+        SentenceEncoder(tiny_backbone, dim=99)
+
+
+def test_layer_and_dim_survive_export_to_sentence_transformers(tmp_path, tiny_backbone):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    encoder = SentenceEncoder(tiny_backbone, pooler="cls", mlp_head="always", layer=1, dim=12)
+    save_sentence_transformer(encoder, tmp_path / "m")
+    ours = encoder.encode(SENTENCES)
+    assert torch.allclose(load_sentence_encoder(tmp_path / "m").encode(SENTENCES), ours, atol=1e-5)
+    st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    assert torch.allclose(torch.from_numpy(st.encode(SENTENCES)), ours, atol=1e-5)

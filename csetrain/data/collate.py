@@ -68,7 +68,9 @@ class StepSampler:
 
 class Collator:
     """Rows -> Batch. `data_fields` are read from the dataset; when `augmented_positive` is set
-    the `positive` view is made from the anchor's tokens by the augmentation (self-supervised)."""
+    the `positive` view is made from the anchor by the augmentation (self-supervised): from its
+    token ids (`augmentation.level == "tokens"`, the default) or from its raw text, tokenized here
+    with the training truncation (`level == "text"`, e.g. Mirror-BERT's character spans)."""
 
     def __init__(
         self,
@@ -78,6 +80,8 @@ class Collator:
         special_ids: set[int],
         augmented_positive: bool,
         seed: int,
+        tokenizer=None,
+        max_length: int = 32,
     ) -> None:
         self.data_fields = data_fields
         self.augmentation = augmentation
@@ -85,6 +89,9 @@ class Collator:
         self.special_ids = special_ids
         self.augmented_positive = augmented_positive
         self.seed = seed
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.text_level = augmented_positive and getattr(augmentation, "level", "tokens") == "text"
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -96,13 +103,22 @@ class Collator:
             *[f for f in self.data_fields if f not in ("anchor", "positive")],
         )
 
+    @property
+    def columns(self) -> list[str]:
+        """Dataset columns a batch needs (token ids; raw anchor text for text-level views)."""
+        return [f"{f}_ids" for f in self.data_fields] + (["anchor"] if self.text_level else [])
+
+    def _positive(self, rows: dict[str, list], rng: random.Random) -> list[list[int]]:
+        if self.text_level:
+            texts = [self.augmentation(text, rng) for text in rows["anchor"]]
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return [self.augmentation(ids, self.special_ids, rng) for ids in rows["anchor_ids"]]
+
     def __call__(self, rows: dict[str, list], step: int) -> Batch:
         views = {f: rows[f"{f}_ids"] for f in self.data_fields}
         if self.augmented_positive:
             rng = random.Random(self.seed * 1_000_003 + step)  # seeded per step: resumable
-            views["positive"] = [
-                self.augmentation(ids, self.special_ids, rng) for ids in views["anchor"]
-            ]
+            views["positive"] = self._positive(rows, rng)
         sequences = [seq for f in self.fields for seq in views[f]]
         return Batch(*pad(sequences, self.pad_id), fields=self.fields, size=len(views["anchor"]))
 

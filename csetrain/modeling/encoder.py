@@ -20,6 +20,10 @@ class SentenceEncoder(nn.Module):
     SimCSE's `mlp_only_train` (the head shapes training but every embedding extraction, dev
     evaluation included, uses the raw pooled vector: `cls_before_pooler`); `always` keeps it at
     test time (supervised SimCSE's `cls`).
+
+    `layer` and `dim` choose the inference embedding (2D Matryoshka models): pool hidden layer
+    `layer` (1..L; None = last) and keep its first `dim` coordinates (None = all). Training
+    always sees the full model; objectives that need other layers call `pooled_layers`.
     """
 
     def __init__(
@@ -27,11 +31,13 @@ class SentenceEncoder(nn.Module):
         backbone: Backbone,
         pooler: str = "cls",
         mlp_head: HeadMode = "none",
+        layer: int | None = None,
+        dim: int | None = None,
     ) -> None:
         super().__init__()
-        if mlp_head not in ("none", "train_only", "always"):
-            from csetrain.config import ConfigError
+        from csetrain.config import ConfigError
 
+        if mlp_head not in ("none", "train_only", "always"):
             raise ConfigError(
                 f"model.mlp_head='{mlp_head}' is unknown: choose none, train_only or always"
             )
@@ -40,37 +46,72 @@ class SentenceEncoder(nn.Module):
         self.source = backbone.source
         self.pooler = check_pooler(pooler)
         self.mlp_head = mlp_head
-        hidden = self.transformer.config.hidden_size
+        config = self.transformer.config
+        if layer is not None and not 1 <= layer <= config.num_hidden_layers:
+            raise ConfigError(
+                f"model.layer={layer}: choose 1..{config.num_hidden_layers} or null (last)"
+            )
+        if dim is not None and not 1 <= dim <= config.hidden_size:
+            raise ConfigError(f"model.dim={dim}: choose 1..{config.hidden_size} or null (all)")
+        self.layer, self.dim = layer, dim
         self.head = None
         if mlp_head != "none":
-            self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh())
+            self.head = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh())
             # SimCSE builds the head fresh and initialises it like the encoder's own layers.
-            nn.init.normal_(self.head[0].weight, std=self.transformer.config.initializer_range)
+            nn.init.normal_(self.head[0].weight, std=config.initializer_range)
             nn.init.zeros_(self.head[0].bias)
 
     @property
-    def dim(self) -> int:
+    def hidden_size(self) -> int:
         return self.transformer.config.hidden_size
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the inference embedding."""
+        return self.dim or self.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.transformer.config.num_hidden_layers
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def pooled(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Pooled transformer output before any head: (N, L) -> (N, D)."""
-        need_all = self.pooler in NEEDS_ALL_LAYERS
+    def _hidden_states(
+        self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool
+    ) -> tuple[Tensor, ...]:
         out = self.transformer(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
         )
-        states = out.hidden_states if need_all else (out.last_hidden_state,)
+        return out.hidden_states if all_layers else (out.last_hidden_state,)
+
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor, layer: int | None = None) -> Tensor:
+        """Pooled output of hidden layer `layer` (None: last), before any head: (N, L) -> (N, D)."""
+        all_layers = self.pooler in NEEDS_ALL_LAYERS or layer is not None
+        states = self._hidden_states(input_ids, attention_mask, all_layers)
+        if layer is not None:
+            states = states[: layer + 1]  # states[0] is the embedding output
         return pool(self.pooler, states, attention_mask)
 
+    def pooled_layers(self, input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
+        """Pooled output of every transformer layer 1..L from one forward: L x (N, D)."""
+        states = self._hidden_states(input_ids, attention_mask, all_layers=True)
+        return [pool(self.pooler, states[: k + 1], attention_mask) for k in range(1, len(states))]
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, apply_head: bool = True) -> Tensor:
-        """Training-time embeddings (the head, if any, applied): (N, L) -> (N, D)."""
+        """Training-time embeddings (last layer, full size, the head if any): (N, L) -> (N, D)."""
         z = self.pooled(input_ids, attention_mask)
         if apply_head and self.head is not None:
             z = self.head(z)
         return z
+
+    def inference(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The embedding evaluation sees: chosen layer, head only if `always`, first `dim` dims."""
+        z = self.pooled(input_ids, attention_mask, self.layer)
+        if self.mlp_head == "always":
+            z = self.head(z)
+        return z[:, : self.dim] if self.dim else z
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""
@@ -81,26 +122,27 @@ class SentenceEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, sentences: list[str], batch_size: int = 128, progress: bool = False) -> Tensor:
-        """Inference embeddings (N, D), float32 on CPU, in input order.
+        """Inference embeddings (N, output_dim), float32 on CPU, in input order.
 
-        Each distinct sentence is encoded once, in batches of similar token length (sorting by
-        tokens, not characters, pads least), with no truncation below the model's limit.
+        Each distinct sentence is tokenized and encoded once, in batches of similar token length
+        (sorting by tokens, not characters, pads least), with no truncation below the model's
+        position limit.
         """
         from tqdm.auto import tqdm
 
         unique = list(dict.fromkeys(sentences))
-        lengths = [len(ids) for ids in self.tokenizer(unique, add_special_tokens=True)["input_ids"]]
-        order = sorted(range(len(unique)), key=lambda i: -lengths[i])
+        limit = self.transformer.config.max_position_embeddings
+        ids = self.tokenizer(unique, truncation=True, max_length=limit)["input_ids"]
+        order = sorted(range(len(unique)), key=lambda i: -len(ids[i]))
         was_training = self.training
         self.eval()
-        vectors = torch.empty(len(unique), self.dim)
+        vectors = torch.empty(len(unique), self.output_dim)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="encode", disable=not progress, leave=False):
             idx = order[start : start + batch_size]
-            batch = self.tokenize([unique[i] for i in idx])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            z = self(
-                batch["input_ids"], batch["attention_mask"], apply_head=self.mlp_head == "always"
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            z = self.inference(
+                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             )
             vectors[idx] = z.float().cpu()
         self.train(was_training)

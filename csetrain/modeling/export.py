@@ -3,13 +3,17 @@
 Written in the format sentence-transformers has always read (modules.json + per-module folders),
 so `SentenceTransformer(path)` loads it and gives the same embeddings, without importing that
 library (~8 s) in the training process. `csetrain.json` adds what we need to rebuild exactly.
+An inference `layer` is exported by keeping only the first `layer` transformer layers; an
+inference `dim` by a final bias-free Dense whose weight is the identity's first `dim` rows.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from csetrain.config import ConfigError
@@ -23,57 +27,74 @@ POOLING_KEYS = (
     "pooling_mode_max_tokens",
     "pooling_mode_mean_sqrt_len_tokens",
 )
-TANH = "torch.nn.modules.activation.Tanh"
+ACTIVATIONS = {
+    "tanh": "torch.nn.modules.activation.Tanh",
+    "identity": "torch.nn.modules.linear.Identity",
+}
+DENSE_TYPE = "sentence_transformers.models.Dense"
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _write_dense(
+    folder: Path, weight: torch.Tensor, bias: torch.Tensor | None, activation: str
+) -> None:
+    config = {
+        "in_features": weight.shape[1],
+        "out_features": weight.shape[0],
+        "bias": bias is not None,
+        "activation_function": ACTIVATIONS[activation],
+    }
+    _write_json(folder / "config.json", config)
+    tensors = {"linear.weight": weight.detach().cpu().contiguous()}
+    if bias is not None:
+        tensors["linear.bias"] = bias.detach().cpu().contiguous()
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def _inference_transformer(encoder: SentenceEncoder):
+    """The transformer as inference sees it: cut after `encoder.layer` if one is chosen."""
+    if encoder.layer is None or encoder.layer == encoder.num_layers:
+        return encoder.transformer
+    model = copy.deepcopy(encoder.transformer)
+    model.encoder.layer = model.encoder.layer[: encoder.layer]
+    model.config.num_hidden_layers = encoder.layer
+    return model
 
 
 def save_sentence_transformer(
     encoder: SentenceEncoder, path: str | Path, metadata: dict | None = None
 ) -> Path:
-    """Write `encoder` as a sentence-transformers folder at `path` (which must not exist yet)."""
+    """Write `encoder`'s inference model as a sentence-transformers folder at `path` (new)."""
     if encoder.pooler not in ST_POOLING:
         raise ConfigError(
             f"model.pooler='{encoder.pooler}' has no sentence-transformers equivalent; export supports {sorted(ST_POOLING)}"
         )
     path = Path(path)
-    encoder.transformer.save_pretrained(path, safe_serialization=True)
+    _inference_transformer(encoder).save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
     modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
+        ("", "sentence_transformers.models.Transformer"),
+        ("1_Pooling", "sentence_transformers.models.Pooling"),
     ]
-    pooling = {"word_embedding_dimension": encoder.dim, **dict.fromkeys(POOLING_KEYS, False)}
+    pooling = {
+        "word_embedding_dimension": encoder.hidden_size,
+        **dict.fromkeys(POOLING_KEYS, False),
+    }
     pooling[ST_POOLING[encoder.pooler]] = True
     _write_json(path / "1_Pooling" / "config.json", pooling)
     if encoder.mlp_head == "always":  # a train-only head is not part of the inference model
-        modules.append(
-            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
-        )
-        dense = {
-            "in_features": encoder.dim,
-            "out_features": encoder.dim,
-            "bias": True,
-            "activation_function": TANH,
-        }
-        _write_json(path / "2_Dense" / "config.json", dense)
-        linear = encoder.head[0]
-        save_file(
-            {
-                "linear.weight": linear.weight.detach().cpu().contiguous(),
-                "linear.bias": linear.bias.detach().cpu().contiguous(),
-            },
-            str(path / "2_Dense" / "model.safetensors"),
-        )
-    _write_json(path / "modules.json", modules)
+        modules.append(("2_Dense", DENSE_TYPE))
+        _write_dense(path / "2_Dense", encoder.head[0].weight, encoder.head[0].bias, "tanh")
+    if encoder.dim:
+        name = f"{len(modules)}_Truncate"
+        modules.append((name, DENSE_TYPE))
+        _write_dense(path / name, torch.eye(encoder.hidden_size)[: encoder.dim], None, "identity")
+    entries = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)]
+    _write_json(path / "modules.json", entries)
     limit = encoder.transformer.config.max_position_embeddings
     _write_json(
         path / "sentence_bert_config.json", {"max_seq_length": limit, "do_lower_case": False}
@@ -82,7 +103,13 @@ def save_sentence_transformer(
         path / "config_sentence_transformers.json",
         {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None},
     )
-    info = {"pooler": encoder.pooler, "mlp_head": encoder.mlp_head, "source": encoder.source}
+    info = {
+        "pooler": encoder.pooler,
+        "mlp_head": encoder.mlp_head,
+        "dim": encoder.dim,
+        "source": encoder.source,
+        "layer_of_trained_model": encoder.layer,
+    }
     _write_json(path / "csetrain.json", {**info, **(metadata or {})})
     return path
 
@@ -99,10 +126,27 @@ def _read_st_pooling(path: Path) -> str:
     return chosen[0]
 
 
+def _load_head(encoder: SentenceEncoder, folder: Path) -> None:
+    try:
+        weights = load_file(str(folder / "model.safetensors"))
+        encoder.head[0].load_state_dict(
+            {"weight": weights["linear.weight"], "bias": weights["linear.bias"]}
+        )
+    except Exception as err:  # corrupt or truncated file
+        raise ConfigError(
+            f"{folder / 'model.safetensors'}: cannot load ({err}); re-export the model"
+        ) from None
+
+
 def load_sentence_encoder(
-    path: str | Path, pooler: str | None = None, dropout: float | None = None
+    path: str | Path,
+    pooler: str | None = None,
+    dropout: float | None = None,
+    layer: int | None = None,
+    dim: int | None = None,
 ) -> SentenceEncoder:
-    """Rebuild a SentenceEncoder from a folder saved by csetrain or sentence-transformers."""
+    """Rebuild a SentenceEncoder from a folder saved by csetrain or sentence-transformers;
+    `pooler`/`layer`/`dim` override what was saved."""
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
         raise ConfigError(
@@ -113,24 +157,18 @@ def load_sentence_encoder(
         if (path / "csetrain.json").is_file()
         else {}
     )
-    has_dense = (path / "2_Dense" / "config.json").is_file()
+    has_head = (path / "2_Dense" / "config.json").is_file()
     saved_pooler = info.get("pooler") or (
         _read_st_pooling(path) if (path / "1_Pooling").is_dir() else "cls"
     )
     encoder = SentenceEncoder(
         from_pretrained(str(path), dropout),
         pooler=pooler or saved_pooler,
-        mlp_head="always" if has_dense else "none",
+        mlp_head="always" if has_head else "none",
+        layer=layer,
+        dim=dim or info.get("dim"),
     )
-    if has_dense:
-        try:
-            weights = load_file(str(path / "2_Dense" / "model.safetensors"))
-            encoder.head[0].load_state_dict(
-                {"weight": weights["linear.weight"], "bias": weights["linear.bias"]}
-            )
-        except Exception as err:  # corrupt or truncated file
-            raise ConfigError(
-                f"{path / '2_Dense' / 'model.safetensors'}: cannot load ({err}); re-export the model"
-            ) from None
+    if has_head:
+        _load_head(encoder, path / "2_Dense")
     encoder.source = info.get("source", str(path))
     return encoder

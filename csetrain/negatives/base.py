@@ -18,12 +18,17 @@ class Negatives:
 
 class NegativeMiner(nn.Module):
     """`fields` are extra batch fields the objective must encode in its forward pass; state lives
-    in registered buffers so it checkpoints and resumes with the model."""
+    in registered buffers/submodules so it checkpoints and resumes with the objective.
+
+    DESIGN.md sketches `update(keys)`; the upkeep hook receives the encoder and the batch instead,
+    because a momentum queue must encode the batch with its own (EMA) encoder to get its keys.
+    """
 
     fields: tuple[str, ...] = ()
 
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
+        """Extra candidates for this step's anchors (B, D), or None for in-batch only."""
         return None
 
-    def update(self, keys: Tensor) -> None:
-        """Called after the optimizer step with this step's keys (for queues/banks)."""
+    def after_optimizer_step(self, encoder: nn.Module, batch) -> None:
+        """Called once per step after the optimizer step (queues, banks, EMA encoders)."""

@@ -38,8 +38,17 @@ class Objective(nn.Module):
         """One forward pass over every view of the batch -> {field: (B, D)}."""
         return batch.split(encoder(batch.input_ids, batch.attention_mask))
 
-    def after_optimizer_step(self, encoder: nn.Module) -> None:
-        """Hook for EMA/queue upkeep; nothing by default."""
+    def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
+        """The objective's math on the embedded views (kept apart from `embed` so GradCache can
+        run the encoder in chunks and the loss once)."""
+        raise NotImplementedError
+
+    def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
+        return self.loss(self.embed(encoder, batch), batch)
+
+    def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
+        """Upkeep after the weights moved (EMA encoders, queues): delegated to the miner."""
+        self.miner.after_optimizer_step(encoder, batch)
 
 
 class InfoNCEObjective(Objective):
@@ -55,8 +64,7 @@ class InfoNCEObjective(Objective):
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
 
-    def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
-        views = self.embed(encoder, batch)
+    def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
         anchors, positives = views["anchor"], views["positive"]  # (B, D) each
         extra = self.miner.extra_negatives(anchors, views)
         candidates, offset = positives, None
