@@ -53,7 +53,8 @@ def grad_cache_step(objective, encoder, batch: Batch, chunk_size: int, runtime) 
         torch.cat(parts).float().requires_grad_()
     )  # (F*B, D), a leaf: its grad is the cache
     with runtime.autocast():
-        out = objective.loss(batch.split(embeddings), batch)
+        views = batch.split(embeddings)
+        out = objective.add_regularizers(objective.loss(views, batch), views, batch, encoder)
     runtime.backward(out.loss)  # loss-scaled under fp16, consistently with pass 2
     cached = embeddings.grad
     after = _rng_state(device)

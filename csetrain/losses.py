@@ -45,3 +45,15 @@ def hard_negative_offset(batch: int, num_in_batch: int, weight: float, device=No
 def top1_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     """Fraction of anchors whose positive scores highest among all candidates."""
     return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
+    """Wang & Isola's alignment: E ||f(x) - f(y)||^alpha over positive pairs of unit vectors.
+    x, y (B, D) -> scalar; 0 when each pair coincides."""
+    return (F.normalize(x, dim=-1) - F.normalize(y, dim=-1)).norm(dim=-1).pow(alpha).mean()
+
+
+def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
+    """Wang & Isola's uniformity: log E exp(-t ||f(x_i) - f(x_j)||^2) over distinct pairs of unit
+    vectors. x (B, D) -> scalar; lower is more uniform (two antipodal points give -4t)."""
+    return torch.pdist(F.normalize(x, dim=-1), p=2).pow(2).mul(-t).exp().mean().log()

@@ -70,15 +70,23 @@ def check_fields(objective, corpus, cfg: DictConfig) -> None:
         )
 
 
+def build_objective(cfg: DictConfig):
+    """The objective with its miner and any regularizers (`regularizer=[name,...]`)."""
+    regularizers = {
+        name: instantiate(node) for name, node in (cfg.get("regularizer") or {}).items()
+    }
+    return instantiate(
+        cfg.objective, miner=instantiate(cfg.negative_mining), regularizers=regularizers
+    )
+
+
 def build(
     cfg: DictConfig, settings: dict, run_dir: Path, tracker
 ) -> tuple[Components, dict[str, str]]:
     trainer = settings["trainer"]
     runtime = Runtime(trainer)
     encoder = instantiate(cfg.model).to(runtime.device)
-    objective = instantiate(cfg.objective, miner=instantiate(cfg.negative_mining)).to(
-        runtime.device
-    )
+    objective = build_objective(cfg).to(runtime.device)
     corpus = instantiate(cfg.data).load()
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)

@@ -26,9 +26,13 @@ class Objective(nn.Module):
     data_fields: tuple[str, ...] = ("anchor",)
     augmented_positive: bool = False
 
-    def __init__(self, miner: NegativeMiner | None = None) -> None:
+    def __init__(
+        self, miner: NegativeMiner | None = None, regularizers: dict | None = None
+    ) -> None:
         super().__init__()
         self.miner = miner if miner is not None else InBatch()
+        # Addable terms (conf/regularizer/*.yaml): each returns its own, already weighted, loss.
+        self.regularizers = nn.ModuleDict(regularizers or {})
 
     @property
     def required_data_fields(self) -> tuple[str, ...]:
@@ -44,7 +48,23 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
-        return self.loss(self.embed(encoder, batch), batch)
+        views = self.embed(encoder, batch)
+        return self.add_regularizers(self.loss(views, batch), views, batch, encoder)
+
+    def add_regularizers(
+        self, out: ObjectiveOutput, views: dict[str, Tensor], batch: Batch, encoder: nn.Module
+    ) -> ObjectiveOutput:
+        """Objective loss + each regularizer's weighted loss; their parts appear in metrics."""
+        if not self.regularizers:
+            return out
+        total, metrics = out.loss, dict(out.metrics)
+        metrics["objective_loss"] = out.loss.detach()
+        for name, regularizer in self.regularizers.items():
+            extra = regularizer(views, batch, encoder)
+            total = total + extra.loss
+            metrics[f"{name}_loss"] = extra.loss.detach()
+            metrics.update({f"{name}/{k}": v for k, v in extra.metrics.items()})
+        return ObjectiveOutput(total, metrics)
 
     def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
         """Upkeep after the weights moved (EMA encoders, queues): delegated to the miner."""
@@ -57,10 +77,11 @@ class InfoNCEObjective(Objective):
     def __init__(
         self,
         miner: NegativeMiner | None = None,
+        regularizers: dict | None = None,
         temperature: float = 0.05,
         hard_negative_weight: float = 0.0,
     ) -> None:
-        super().__init__(miner)
+        super().__init__(miner, regularizers)
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
 
