@@ -18,6 +18,7 @@ GROUPS = [
     "augmentation",
     "negative_mining",
     "objective",
+    "regularizer",
     "eval",
     "trainer",
     "tracking",
