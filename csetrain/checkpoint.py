@@ -1,16 +1,34 @@
 """Disk layout of a run and atomic writes: a crash or kill never leaves a half-written model
-where a complete one is expected."""
+where a complete one is expected.
+
+    <run_dir>/checkpoints/best/   the selected model, a sentence-transformers folder
+    <run_dir>/checkpoints/last/   full training state for exact resume (deleted when the run ends)
+        encoder.safetensors, objective.safetensors   weights (safetensors: no pickles)
+        trainer_state.pt   optimizer, scheduler, RNG states, step, selection history (read with
+                           torch.load(weights_only=True))
+        meta.json          step, config hash, MLflow run id (cheap to scan for trainer.resume=auto)
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from csetrain.config import ConfigError
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
+
+VOLATILE_KEYS = (("trainer", "resume"), ("trainer", "progress"), ("tracking", "run_name"))
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -32,16 +50,53 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def config_hash(cfg: DictConfig) -> str:
+    """Identity of a run's configuration, ignoring keys that do not change the result."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for group, key in VOLATILE_KEYS:
+        data.get(group, {}).pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _rng_states() -> dict:
+    numpy_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 class Checkpointer:
-    """Keeps the best model (by dev metric) as a sentence-transformers folder under the run dir."""
+    """Keeps the best model (by dev metric) and the latest full training state of a run."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.root = Path(run_dir) / "checkpoints"
         self.best_dir = self.root / "best"
+        self.last_dir = self.root / "last"
+
+    def _fresh_dir(self, prefix: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=prefix))
 
     def save_best(self, encoder: SentenceEncoder, step: int, metric_key: str, value: float) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".best-"))
+        tmp = self._fresh_dir(".best-")
         shutil.rmtree(tmp)  # save_sentence_transformer writes the folder itself
         save_sentence_transformer(
             encoder, tmp, {"step": step, "selected_by": metric_key, "value": value}
@@ -54,3 +109,58 @@ class Checkpointer:
 
     def best_info(self) -> dict:
         return json.loads((self.best_dir / "csetrain.json").read_text())
+
+    def save_state(
+        self, step: int, encoder, objective, optimizer, scheduler, progress: dict, meta: dict
+    ) -> None:
+        """Everything needed to continue bit-for-bit from after `step`."""
+        tmp = self._fresh_dir(".last-")
+        save_file(_tensors(encoder), str(tmp / "encoder.safetensors"))
+        save_file(_tensors(objective), str(tmp / "objective.safetensors"))
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_states(),
+            "progress": progress,
+        }
+        torch.save(state, tmp / "trainer_state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}))
+        replace_dir(tmp, self.last_dir)
+
+    def load_state(self, encoder, objective, optimizer, scheduler) -> tuple[int, dict]:
+        """Restore weights, optimizer, scheduler and RNG from `last/`; returns (step, progress)."""
+        try:
+            encoder.load_state_dict(load_file(str(self.last_dir / "encoder.safetensors")))
+            objective.load_state_dict(load_file(str(self.last_dir / "objective.safetensors")))
+            state = torch.load(self.last_dir / "trainer_state.pt", weights_only=True)
+        except Exception as err:  # truncated or foreign files
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"checkpoint {self.last_dir} is corrupt ({first}); delete it or set trainer.resume=never"
+            ) from None
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_states(state["rng"])
+        return state["step"], state["progress"]
+
+    def meta(self) -> dict | None:
+        path = self.last_dir / "meta.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def discard_state(self) -> None:
+        """The run ended: its resume state is no longer needed (the best model stays)."""
+        shutil.rmtree(self.last_dir, ignore_errors=True)
+
+
+def find_resumable(output_dir: str | Path, wanted_hash: str) -> Path | None:
+    """The most recent unfinished run under `output_dir` with the same config hash."""
+    candidates = []
+    for meta_file in Path(output_dir).glob("**/checkpoints/last/meta.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if meta.get("config_hash") == wanted_hash:
+            candidates.append((meta_file.stat().st_mtime, meta_file.parents[2]))
+    return max(candidates)[1] if candidates else None

@@ -56,6 +56,8 @@ class TrainerConfig:
     precision: str = "fp32"
     seed: int = 42
     eval_every: int = 125
+    save_every: int = 0  # full-state checkpoint cadence for resume; 0 = at every dev evaluation
+    resume: str = "never"  # never | auto (latest unfinished run with the same config) | a run dir
     log_every: int = 10
     device: str = "auto"
     num_threads: int = 0  # 0 = torch's default

@@ -12,10 +12,15 @@ from tqdm.auto import tqdm
 
 from csetrain.config import CsetrainError
 from csetrain.grad_cache import grad_cache_step
+from csetrain.runtime import stop_requests
 
 
 class TrainingDiverged(CsetrainError):
     """The loss became NaN/inf; the best checkpoint written so far is kept."""
+
+
+class Interrupted(CsetrainError):
+    """SIGTERM/SIGINT: the state was saved after the current step."""
 
 
 @dataclass
@@ -33,6 +38,9 @@ class Components:
     evaluator: object  # dev STSEvaluator
     checkpointer: object
     tracker: object
+    meta: dict = field(
+        default_factory=dict
+    )  # saved with each state checkpoint (config hash, run id)
 
 
 @dataclass
@@ -64,47 +72,92 @@ def _forward_backward(c: Components, batch, chunk_size: int):
     return out
 
 
-def fit(c: Components, cfg) -> FitResult:
-    """Train for cfg.max_steps steps; return the best dev metric and where it was reached."""
+def _log_step(c: Components, out, grad_norm, done: int, window: dict) -> float:
+    """Train metrics on the logging cadence; the only `.item()` sync points of the loop."""
+    loss = out.loss.item()
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss is {loss} at step {done}: lower trainer.lr or check the data; the last good checkpoint is kept"
+        )
+    elapsed = time.perf_counter() - window["start"]
+    metrics = {
+        "train/loss": loss,
+        "train/lr": c.scheduler.get_last_lr()[0],
+        "train/epoch": c.sampler.epoch_of(done),
+        "train/sentences_per_s": window["sentences"] / elapsed,
+    }
+    metrics.update({f"train/{k}": v.item() for k, v in out.metrics.items()})
+    if grad_norm is not None:
+        metrics["train/grad_norm"] = grad_norm.item()
+    c.tracker.log_metrics(metrics, done)
+    window.update(start=time.perf_counter(), sentences=0)
+    return loss
+
+
+def _save_state(c: Components, done: int, result: FitResult, out) -> None:
+    if not math.isfinite(out.loss.item()):  # never overwrite the last good state with NaNs
+        raise TrainingDiverged(
+            f"loss is not finite at step {done}: the last good checkpoint is kept"
+        )
+    progress = {
+        "best_metric": result.best_metric,
+        "best_step": result.best_step,
+        "history": result.history,
+    }
+    c.checkpointer.save_state(
+        done, c.encoder, c.objective, c.optimizer, c.scheduler, progress, c.meta
+    )
+
+
+def fit(c: Components, cfg, start_step: int = 0, resumed: dict | None = None) -> FitResult:
+    """Train from `start_step` to cfg.max_steps; return the best dev metric and its step.
+
+    A SIGTERM/SIGINT finishes the current step, saves the full state and raises `Interrupted`.
+    """
     result = FitResult(best_metric=-math.inf, best_step=-1, steps=cfg.max_steps, train_seconds=0.0)
+    if resumed:
+        result.best_metric, result.best_step = resumed["best_metric"], resumed["best_step"]
+        result.history = list(resumed["history"])
     params = [
         p for p in list(c.encoder.parameters()) + list(c.objective.parameters()) if p.requires_grad
     ]
     token_rows = c.dataset.select_columns(c.collator.columns)
-    if cfg.eval_every:
+    if cfg.eval_every and start_step == 0:
         _evaluate(c, 0, result)  # the starting point, so "before -> after" is in every run
     c.encoder.train()
-    bar = tqdm(range(cfg.max_steps), desc="train", disable=not cfg.progress, dynamic_ncols=True)
-    started, window_start, window_sentences = time.perf_counter(), time.perf_counter(), 0
-    for step in bar:
-        rows = token_rows[c.sampler.indices(step)]
-        batch = c.collator(rows, step).to(c.runtime.device, non_blocking=True)
-        out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)
-        grad_norm = c.runtime.step(c.optimizer, params)
-        c.scheduler.step()
-        c.objective.after_optimizer_step(c.encoder, batch)
-        window_sentences += batch.size
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
-            loss = out.loss.item()  # the only sync point, on the logging cadence
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss} at step {done}: lower trainer.lr or check the data; the best checkpoint so far is kept"
+    save_every = cfg.save_every or cfg.eval_every
+    steps = range(start_step, cfg.max_steps)
+    bar = tqdm(
+        steps,
+        desc="train",
+        disable=not cfg.progress,
+        dynamic_ncols=True,
+        initial=start_step,
+        total=cfg.max_steps,
+    )
+    started, window = time.perf_counter(), {"start": time.perf_counter(), "sentences": 0}
+    with stop_requests() as stop:
+        for step in bar:
+            batch = c.collator(token_rows[c.sampler.indices(step)], step).to(
+                c.runtime.device, non_blocking=True
+            )
+            out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)
+            grad_norm = c.runtime.step(c.optimizer, params)
+            c.scheduler.step()
+            c.objective.after_optimizer_step(c.encoder, batch)
+            window["sentences"] += batch.size
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.max_steps:
+                bar.set_postfix(loss=f"{_log_step(c, out, grad_norm, done, window):.4f}")
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+                _evaluate(c, done, result)
+            if stop.signal is not None or (
+                save_every and done % save_every == 0 and done < cfg.max_steps
+            ):
+                _save_state(c, done, result, out)
+            if stop.signal is not None:
+                raise Interrupted(
+                    f"stopped by {stop.name} after step {done}; state saved, continue with trainer.resume=auto"
                 )
-            elapsed = time.perf_counter() - window_start
-            metrics = {
-                "train/loss": loss,
-                "train/lr": c.scheduler.get_last_lr()[0],
-                "train/epoch": c.sampler.epoch_of(done),
-                "train/sentences_per_s": window_sentences / elapsed,
-            }
-            metrics.update({f"train/{k}": v.item() for k, v in out.metrics.items()})
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = grad_norm.item()
-            c.tracker.log_metrics(metrics, done)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            window_start, window_sentences = time.perf_counter(), 0
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            _evaluate(c, done, result)
     result.train_seconds = time.perf_counter() - started
     return result

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -85,3 +87,33 @@ def lr_lambda(schedule: str, warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return factor
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the loop polls it between steps."""
+
+    signal: int | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else ""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn SIGTERM/SIGINT into a polite request to stop after the current step (main thread
+    only: elsewhere, e.g. under a launcher thread, signals keep their default behaviour)."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def handler(signum, frame):
+        request.signal = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -78,11 +78,19 @@ class MlflowTracker:
     never write into each other's runs)."""
 
     def __init__(
-        self, cfg: TrackingConfig, run_name: str, tags: dict[str, str], params: dict[str, str]
+        self,
+        cfg: TrackingConfig,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, str],
+        resume_run_id: str | None = None,
     ) -> None:
+        import logging
+
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every run
         if cfg.uri.startswith("sqlite:///"):
             Path(cfg.uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(
                 parents=True, exist_ok=True
@@ -96,9 +104,14 @@ class MlflowTracker:
             )
         else:
             experiment_id = experiment.experiment_id
+        self.experiment_id = experiment_id
+        if resume_run_id:  # a resumed run continues in its own MLflow run
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.set_tags({**tags, "resumed": "true"})
+            return
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
-        self.experiment_id = experiment_id
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[start : start + 100])
@@ -136,9 +149,13 @@ class MlflowTracker:
 
 
 def make_tracker(
-    cfg: TrackingConfig, run_name: str, tags: dict[str, str], config: DictConfig
+    cfg: TrackingConfig,
+    run_name: str,
+    tags: dict[str, str],
+    config: DictConfig,
+    resume_run_id: str | None = None,
 ) -> Tracker:
     if cfg.backend == "none":
         return NullTracker()
     params = flatten(OmegaConf.to_container(config, resolve=True))
-    return MlflowTracker(cfg, run_name, tags, params)
+    return MlflowTracker(cfg, run_name, tags, params, resume_run_id)

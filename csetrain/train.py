@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from csetrain.checkpoint import Checkpointer, write_text_atomic
+from csetrain.checkpoint import Checkpointer, config_hash, find_resumable, write_text_atomic
 from csetrain.config import ConfigError, instantiate, validate_settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
-from csetrain.loop import Components, fit
+from csetrain.loop import Components, Interrupted, fit
 from csetrain.runtime import Runtime, lr_lambda, seed_everything
 from csetrain.tracking import git_info, make_tracker
 
@@ -130,14 +130,38 @@ def build(
     }
 
 
+def resume_target(settings: dict, fresh_dir: Path, wanted_hash: str) -> tuple[Path, dict | None]:
+    """(run dir, saved meta) to continue from, or (fresh dir, None) to start anew."""
+    mode = settings["trainer"].resume
+    if mode == "never":
+        return fresh_dir, None
+    found = (
+        find_resumable(settings["paths"].output_dir, wanted_hash) if mode == "auto" else Path(mode)
+    )
+    if found is None:
+        return fresh_dir, None
+    meta = Checkpointer(found).meta()
+    if meta is None:
+        raise ConfigError(
+            f"trainer.resume={mode}: {found} has no checkpoints/last/; set a run dir that was interrupted, or auto"
+        )
+    if meta.get("config_hash") != wanted_hash:
+        raise ConfigError(
+            f"trainer.resume={mode}: {found} was trained with a different config; resume with its own overrides"
+        )
+    return found, meta
+
+
 def run_training(cfg: DictConfig) -> TrainSummary:
     """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
-    FINISHED or FAILED whatever happens."""
+    FINISHED, KILLED (interrupted, resumable) or FAILED whatever happens."""
     settings = validate_settings(cfg)
     hydra_dir, choices, overrides = hydra_context()
-    run_dir = hydra_dir or Path(settings["paths"].output_dir) / "runs" / time.strftime(
+    fresh = hydra_dir or Path(settings["paths"].output_dir) / "runs" / time.strftime(
         "%Y-%m-%d_%H-%M-%S"
     )
+    wanted_hash = config_hash(cfg)
+    run_dir, resumed = resume_target(settings, fresh, wanted_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     tags = {
         **{f"choice.{k}": v for k, v in choices.items()},
@@ -145,24 +169,28 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         "eval.protocol": str(cfg.eval.protocol),
         "dev_eval.protocol": str(cfg.dev_eval.protocol),
         "run_dir": str(run_dir.resolve()),
+        "config_hash": wanted_hash,
     }
+    resume_id = resumed.get("run_id") if resumed else None
     tracker = make_tracker(
-        settings["tracking"], run_name(cfg, overrides), tags, cfg
+        settings["tracking"], run_name(cfg, overrides), tags, cfg, resume_id
     )  # before seeding
     status = "FAILED"
     try:
         seed_everything(settings["trainer"].seed)
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         components, more_tags = build(cfg, settings, run_dir, tracker)
+        components.meta = {"config_hash": wanted_hash, "run_id": tracker.run_id}
         tracker.set_tags(more_tags)
-        summary = _train_and_test(cfg, settings, components, run_dir)
+        summary = _train_and_test(cfg, settings, components, run_dir, resumed is not None)
         summary.run_id = tracker.run_id
-        summary.tracking_uri, summary.experiment = (
-            settings["tracking"].uri,
-            settings["tracking"].experiment,
-        )
+        summary.tracking_uri = settings["tracking"].uri
+        summary.experiment = settings["tracking"].experiment
         status = "FINISHED"
         return summary
+    except Interrupted:
+        status = "KILLED"
+        raise
     finally:
         _log_run_files(tracker, run_dir, settings["tracking"].log_model and status == "FINISHED")
         tracker.finish(status)
@@ -171,8 +199,16 @@ def run_training(cfg: DictConfig) -> TrainSummary:
             torch.cuda.empty_cache()
 
 
-def _train_and_test(cfg: DictConfig, settings: dict, c: Components, run_dir: Path) -> TrainSummary:
-    fitted = fit(c, settings["trainer"])
+def _train_and_test(
+    cfg: DictConfig, settings: dict, c: Components, run_dir: Path, resume: bool
+) -> TrainSummary:
+    start, progress = 0, None
+    if resume:
+        start, progress = c.checkpointer.load_state(
+            c.encoder, c.objective, c.optimizer, c.scheduler
+        )
+    fitted = fit(c, settings["trainer"], start, progress)
+    c.checkpointer.discard_state()  # training is complete: resume state is no longer needed
     if fitted.best_step < 0:  # no dev evaluation configured: the last model is the result
         c.checkpointer.save_best(c.encoder, fitted.steps, "last", float("nan"))
     best = c.checkpointer.load_best(c.runtime.device)  # test what was saved, exactly

@@ -1,0 +1,107 @@
+"""Exact resume: a run stopped by SIGTERM mid-way and resumed with trainer.resume=auto ends with
+bitwise the same weights, in the same MLflow run, as an uninterrupted run."""
+
+import os
+import signal
+
+import pytest
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from csetrain.checkpoint import Checkpointer
+from csetrain.config import ConfigError
+from csetrain.loop import Interrupted
+from csetrain.tracking import MlflowTracker
+from csetrain.train import run_training
+
+from .test_config import _compose
+
+
+def _cfg(tmp_path, name, extra=()):
+    return _compose(
+        [
+            "experiment=demo",
+            "model=tiny",
+            "trainer.max_steps=6",
+            "trainer.batch_size=8",
+            "trainer.eval_every=0",
+            "trainer.save_every=1",
+            "trainer.log_every=1",
+            "trainer.progress=false",
+            "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"paths.output_dir={tmp_path}/{name}",
+            *extra,
+        ]
+    )
+
+
+def _weights(summary):
+    return load_file(os.path.join(summary.run_dir, "checkpoints", "best", "model.safetensors"))
+
+
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
+    straight = run_training(_cfg(tmp_path, "straight"))
+
+    original = MlflowTracker.log_metrics
+
+    def kill_at_step_3(self, metrics, step):  # a real SIGTERM, delivered mid-run
+        original(self, metrics, step)
+        if step == 3 and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
+    with pytest.raises(Interrupted, match="after step 3"):
+        run_training(_cfg(tmp_path, "resumed"))
+    monkeypatch.setattr(MlflowTracker, "log_metrics", original)
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("csetrain-demo").experiment_id
+    killed = [r for r in client.search_runs([experiment]) if r.info.status == "KILLED"]
+    assert len(killed) == 1
+
+    resumed = run_training(_cfg(tmp_path, "resumed", ["trainer.resume=auto"]))
+    assert resumed.run_id == killed[0].info.run_id  # same MLflow run, continued
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)  # bitwise
+    losses = [
+        m.value
+        for m in sorted(
+            client.get_metric_history(resumed.run_id, "train/loss"), key=lambda m: m.step
+        )
+    ]
+    straight_losses = [
+        m.value
+        for m in sorted(
+            client.get_metric_history(straight.run_id, "train/loss"), key=lambda m: m.step
+        )
+    ]
+    assert losses == straight_losses  # every step logged once, same values
+    assert not (Checkpointer(resumed.run_dir).last_dir).exists()  # state removed once finished
+
+
+def test_resume_auto_without_a_candidate_starts_fresh(tmp_path):
+    summary = run_training(_cfg(tmp_path, "fresh", ["trainer.resume=auto", "trainer.max_steps=2"]))
+    assert summary.metrics["train/seconds"] > 0
+
+
+def test_resume_from_a_run_dir_without_state_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.resume=.*has no checkpoints/last/"):
+        run_training(_cfg(tmp_path, "x", [f"trainer.resume={tmp_path}"]))
+
+
+def test_corrupt_state_names_the_checkpoint(tmp_path, tiny_encoder):
+    import torch
+
+    checkpointer = Checkpointer(tmp_path / "run")
+    objective = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(tiny_encoder.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    checkpointer.save_state(
+        1, tiny_encoder, objective, optimizer, scheduler, {}, {"config_hash": "x"}
+    )
+    (checkpointer.last_dir / "encoder.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match=r"checkpoint .*last is corrupt.*trainer.resume=never"):
+        checkpointer.load_state(tiny_encoder, objective, optimizer, scheduler)
