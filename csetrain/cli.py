@@ -98,18 +98,27 @@ def run_hydra(command: str, config_name: str, task, args: list[str]) -> None:
 
 
 def guarded(fn, errors: list):
-    """Run a job; a bad setting becomes one recorded line instead of a traceback."""
+    """Run a job; a user error becomes one recorded line instead of a traceback. In a sweep any
+    failure is recorded (its MLflow run is already FAILED) and the sweep goes on."""
     from csetrain.config import CsetrainError
 
     def task(cfg):
+        sweeping = is_sweep(sys.argv)
         try:
             return fn(cfg)
         except CsetrainError as err:
             errors.append(str(err))
-            if not is_sweep(sys.argv):
+            if not sweeping:
                 return None
-            typer.echo(f"error: {err}", err=True)  # a sweep goes on with its other jobs
-            return float("nan")
+            typer.echo(f"error: {err}", err=True)
+        except Exception as err:
+            if not sweeping:
+                raise
+            import traceback
+
+            traceback.print_exc()
+            errors.append(f"{type(err).__name__}: {err}")
+        return float("nan")  # Optuna records NaN as a failed trial
 
     return task
 
@@ -136,6 +145,9 @@ def run_command(command: str, config_name: str, args: list[str], job, json_out: 
     run_hydra(command, config_name, guarded(task, errors), args)
     if errors and not results:
         fail(errors[-1])
+    if errors:  # a sweep with failed jobs: the others ran; say so in the exit code
+        typer.echo(f"error: {len(errors)} job(s) failed; first: {errors[0]}", err=True)
+        raise typer.Exit(1)
     if json_out and results:
         payload = [r.metrics for r in results] if len(results) > 1 else results[-1].metrics
         typer.echo(json.dumps(payload))

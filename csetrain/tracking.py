@@ -85,10 +85,25 @@ class MlflowTracker:
         params: dict[str, str],
         resume_run_id: str | None = None,
     ) -> None:
+        from mlflow.entities import Param
+
+        self._connect(cfg)
+        if resume_run_id:  # a resumed run continues in its own MLflow run
+            self.run_id = resume_run_id
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.set_tags({**tags, "resumed": "true"})
+            return
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def _connect(self, cfg: TrackingConfig) -> None:
+        """Client for the store, and the experiment (created on first use)."""
         import logging
 
         from mlflow import MlflowClient
-        from mlflow.entities import Param
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every run
         if cfg.uri.startswith("sqlite:///"):
@@ -99,22 +114,11 @@ class MlflowTracker:
         experiment = self.client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
             location = cfg.artifact_location or self._default_artifacts(cfg.uri)
-            experiment_id = self.client.create_experiment(
+            self.experiment_id = self.client.create_experiment(
                 cfg.experiment, artifact_location=location
             )
         else:
-            experiment_id = experiment.experiment_id
-        self.experiment_id = experiment_id
-        if resume_run_id:  # a resumed run continues in its own MLflow run
-            self.run_id = resume_run_id
-            self.client.update_run(resume_run_id, status="RUNNING")
-            self.set_tags({**tags, "resumed": "true"})
-            return
-        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        items = [Param(k, v) for k, v in params.items()]
-        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
+            self.experiment_id = experiment.experiment_id
 
     @staticmethod
     def _default_artifacts(uri: str) -> str | None:
@@ -159,3 +163,71 @@ def make_tracker(
         return NullTracker()
     params = flatten(OmegaConf.to_container(config, resolve=True))
     return MlflowTracker(cfg, run_name, tags, params, resume_run_id)
+
+
+# --- sweeps: a parent run per multirun, one child per job, finished jobs found by config hash ---
+
+PARENT_ENV = "CSETRAIN_PARENT_RUN_ID"
+SWEEP_KIND = "sweep"
+
+
+def _client_and_experiment(cfg: TrackingConfig):
+    connection = MlflowTracker.__new__(MlflowTracker)  # the store/experiment set-up, no run
+    connection._connect(cfg)
+    return connection.client, connection.experiment_id
+
+
+def open_parent_run(cfg: TrackingConfig, name: str, sweep_key: str, tags: dict[str, str]) -> str:
+    """The sweep's parent run: reopened if this exact sweep ran before (so a re-run's children
+    join it), else created."""
+    client, experiment_id = _client_and_experiment(cfg)
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`csetrain.sweep_key` = '{sweep_key}' and tags.`csetrain.kind` = '{SWEEP_KIND}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    all_tags = {**tags, "csetrain.sweep_key": sweep_key, "csetrain.kind": SWEEP_KIND}
+    return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def close_parent_run(cfg: TrackingConfig, parent_id: str, selection_key: str = "eval/best") -> dict:
+    """Summarise the children on the parent (counts, best selection metric) and finish it."""
+    client, experiment_id = _client_and_experiment(cfg)
+    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    statuses = [c.info.status for c in children]
+    scores = [
+        c.data.metrics[selection_key]
+        for c in children
+        if selection_key in c.data.metrics and c.info.status == "FINISHED"
+    ]
+    summary = {
+        "sweep/jobs": len(children),
+        "sweep/finished": statuses.count("FINISHED"),
+        "sweep/failed": statuses.count("FAILED"),
+    }
+    if scores:
+        summary["sweep/best"] = max(scores)
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+    client.set_terminated(parent_id, "FINISHED" if summary["sweep/failed"] == 0 else "FAILED")
+    return summary
+
+
+def find_finished_run(cfg: TrackingConfig, wanted_hash: str):
+    """A FINISHED run of exactly this config (tag `config_hash`), newest first, or None."""
+    client, experiment_id = _client_and_experiment(cfg)
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.config_hash = '{wanted_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None

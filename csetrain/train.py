@@ -54,6 +54,36 @@ def hydra_context() -> tuple[Path | None, dict[str, str], list[str]]:
     return Path(hc.runtime.output_dir), choices, list(hc.overrides.task)
 
 
+def sweep_dir() -> str | None:
+    """The sweep directory when this job is part of a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
+
+
+def finished_before(settings: dict, wanted_hash: str) -> TrainSummary | None:
+    """In a sweep, a job whose exact config already FINISHED is not run again."""
+    if settings["tracking"].backend != "mlflow":
+        return None
+    from csetrain.tracking import find_finished_run
+
+    run = find_finished_run(settings["tracking"], wanted_hash)
+    if run is None:
+        return None
+    metrics = dict(run.data.metrics)
+    return TrainSummary(
+        metrics.get("eval/best", float("nan")),
+        metrics,
+        run.info.run_id,
+        run.data.tags.get("run_dir", ""),
+        settings["tracking"].uri,
+        settings["tracking"].experiment,
+    )
+
+
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     if cfg.tracking.get("run_name"):
         return cfg.tracking.run_name
@@ -161,6 +191,10 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         "%Y-%m-%d_%H-%M-%S"
     )
     wanted_hash = config_hash(cfg)
+    in_sweep = sweep_dir()
+    if in_sweep and (done := finished_before(settings, wanted_hash)):
+        print(f"skip: this job's config already finished as MLflow run {done.run_id}")
+        return done
     run_dir, resumed = resume_target(settings, fresh, wanted_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     tags = {
@@ -171,6 +205,10 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         "run_dir": str(run_dir.resolve()),
         "config_hash": wanted_hash,
     }
+    from csetrain.sweep import parent_run_id
+
+    if parent := parent_run_id(in_sweep):
+        tags["mlflow.parentRunId"] = parent
     resume_id = resumed.get("run_id") if resumed else None
     tracker = make_tracker(
         settings["tracking"], run_name(cfg, overrides), tags, cfg, resume_id
@@ -231,15 +269,18 @@ def _train_and_test(
         "train_seconds": fitted.train_seconds,
     }
     write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
-    metrics = {
-        **test_metrics,
-        "eval/best": fitted.best_metric,
-        "eval/best_step": fitted.best_step,
-        "train/seconds": fitted.train_seconds,
-    }
-    if fitted.history:
-        metrics["eval/start"] = fitted.history[0]["primary"]
-    return TrainSummary(fitted.best_metric, metrics, run_dir=str(run_dir))
+    summary = {"train/seconds": fitted.train_seconds}
+    if fitted.history:  # selection summary, for run tables and sweep parents
+        summary.update(
+            {
+                "eval/best": fitted.best_metric,
+                "eval/best_step": fitted.best_step,
+                "eval/start": fitted.history[0]["primary"],
+            }
+        )
+    c.tracker.log_metrics(summary, fitted.steps)
+    selection = fitted.best_metric if fitted.history else float("nan")
+    return TrainSummary(selection, {**test_metrics, **summary}, run_dir=str(run_dir))
 
 
 def _log_run_files(tracker, run_dir: Path, with_model: bool) -> None:
