@@ -169,12 +169,13 @@ def train(
             for k, v in summary.metrics.items()
             if k.startswith("test/") and k.endswith(("/spearman", "/spearman_all"))
         }
-        best_step = summary.metrics["eval/best_step"]
         scores = ", ".join(f"{k} {v:.2f}" for k, v in tests.items())
-        typer.echo(
-            f"done: best dev {summary.selection_metric:.2f} at step {best_step:.0f}; {scores}",
-            err=True,
-        )
+        if "eval/best_step" in summary.metrics:
+            step = summary.metrics["eval/best_step"]
+            best = f"best dev {summary.selection_metric:.2f} at step {step:.0f}"
+        else:
+            best = "no dev evaluation (trainer.eval_every=0): the last step was tested"
+        typer.echo(f"done: {best}; {scores}", err=True)
         typer.echo(summary.where(), err=True)
         return summary
 

@@ -1,0 +1,51 @@
+"""A sweep through the CLI: parent/child MLflow runs, a failing job recorded FAILED while the
+others finish, and a re-run that only executes what is missing."""
+
+import subprocess
+import sys
+
+from mlflow import MlflowClient
+
+
+def _sweep(tmp_path, values):
+    cmd = [
+        sys.executable,
+        "-m",
+        "csetrain.cli",
+        "train",
+        "-m",
+        "experiment=demo",
+        "model=tiny",
+        "trainer.max_steps=2",
+        "trainer.eval_every=0",
+        "trainer.progress=false",
+        "tracking.log_model=false",
+        f"trainer.batch_size={values}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"paths.output_dir={tmp_path}/out",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_sweep_parent_children_failure_and_resume(tmp_path):
+    first = _sweep(tmp_path, "4,9999,8")  # 9999 > the 4,000-sentence sample: that job fails
+    assert first.returncode == 1, first.stderr[-2000:]
+    assert "1 job(s) failed" in first.stderr and "trainer.batch_size=9999 exceeds" in first.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("csetrain-demo").experiment_id
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if r.data.tags.get("csetrain.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 3
+    assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED"]
+    assert (
+        parents[0].data.metrics["sweep/finished"] == 2
+        and parents[0].data.metrics["sweep/failed"] == 1
+    )
+
+    again = _sweep(tmp_path, "4,9999,8")
+    assert again.stdout.count("skip: this job's config already finished") == 2
+    runs = client.search_runs([experiment])
+    assert len([r for r in runs if r.data.tags.get("csetrain.kind") == "sweep"]) == 1  # reopened
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.info.status for r in children) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
