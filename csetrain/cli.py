@@ -271,5 +271,133 @@ def validate(
     typer.echo("ok: config composes and its settings validate")
 
 
+runs_app = typer.Typer(
+    help="Read runs back from a tracking store: list, compare, best.", no_args_is_help=True
+)
+app.add_typer(runs_app, name="runs")
+URI = typer.Option(
+    "sqlite:///outputs/mlflow.db", "--uri", help="Tracking URI (any MLflow store or server)."
+)
+EXPERIMENT = typer.Option("csetrain", "--experiment", "-e", help="MLflow experiment name.")
+
+
+def _read_runs(uri: str, experiment: str, limit: int = 200) -> list[dict]:
+    from csetrain.config import ConfigError
+    from csetrain.tracking import read_runs
+
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        fail(f"no MLflow store at {uri}: train something first or pass --uri")
+    try:
+        return read_runs(uri, experiment, max_results=limit)
+    except ConfigError as err:
+        fail(str(err))
+
+
+def _resolve(uri: str, experiment: str, ref: str) -> dict:
+    """A run by id or id prefix (as `runs list` prints it)."""
+    from csetrain.config import ConfigError
+    from csetrain.tracking import read_run
+
+    matches = [r for r in _read_runs(uri, experiment) if r["id"].startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    try:
+        return read_run(uri, ref)
+    except ConfigError as err:
+        fail(
+            str(err)
+            if not matches
+            else f"run prefix '{ref}' is ambiguous in experiment '{experiment}'"
+        )
+
+
+@runs_app.command("list")
+def runs_list(
+    uri: str = URI,
+    experiment: str = EXPERIMENT,
+    limit: int = typer.Option(20, help="Newest N runs."),
+    metric: list[str] = typer.Option(None, "--metric", "-m", help="Metric columns (repeatable)."),
+) -> None:
+    """A table of runs: status, group choices and key metrics."""
+    from csetrain.runs import DEFAULT_METRICS, list_table
+
+    quiet_libraries()
+    runs = _read_runs(uri, experiment, limit)
+    typer.echo(
+        list_table(runs, tuple(metric) if metric else DEFAULT_METRICS) if runs else "no runs"
+    )
+
+
+@runs_app.command("compare")
+def runs_compare(
+    a: str,
+    b: str,
+    uri: str = URI,
+    experiment: str = EXPERIMENT,
+    ui_url: str = typer.Option("http://127.0.0.1:5000", help="Where `csetrain ui` serves."),
+) -> None:
+    """Config and metric differences of two runs (ids or prefixes), and the UI link to the same view."""
+    from csetrain.runs import compare_table, ui_compare_link
+
+    quiet_libraries()
+    first, second = _resolve(uri, experiment, a), _resolve(uri, experiment, b)
+    typer.echo(compare_table(first, second))
+    typer.echo(f"\nMLflow UI: {ui_compare_link(ui_url, first, second)}")
+
+
+@runs_app.command("best")
+def runs_best(
+    uri: str = URI,
+    experiment: str = EXPERIMENT,
+    metric: str = typer.Option("eval/best", help="Selection metric (dev, never test)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run as JSON."),
+) -> None:
+    """The finished run with the highest value of a metric."""
+    from csetrain.runs import best_run
+
+    quiet_libraries()
+    best = best_run(_read_runs(uri, experiment), metric)
+    if best is None:
+        fail(f"no FINISHED run with metric '{metric}' in experiment '{experiment}'")
+    typer.echo(
+        json.dumps(best)
+        if json_out
+        else f"{best['id']}  {metric}={best['metrics'][metric]:.2f}  {best['name']}"
+    )
+
+
+@app.command()
+def ui(
+    store: str = typer.Option("sqlite:///outputs/mlflow.db", "--store", help="Backend store URI."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (loopback unless you mean it)."),
+    port: int = typer.Option(5000, help="Port."),
+) -> None:
+    """Start the MLflow UI/server against the project's store (needs `pip install 'csetrain[ui]'`)."""
+    import importlib.util
+    import subprocess
+
+    if (
+        importlib.util.find_spec("mlflow.server.handlers") is None
+        or importlib.util.find_spec("flask") is None
+    ):
+        fail("the MLflow UI needs the full mlflow package: pip install 'csetrain[ui]'")
+    typer.echo(f"MLflow UI on http://{host}:{port} (store {store}); Ctrl-C stops it", err=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        store,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    raise typer.Exit(subprocess.call(cmd))
+
+
 if __name__ == "__main__":
     app()

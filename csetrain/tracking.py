@@ -231,3 +231,57 @@ def find_finished_run(cfg: TrackingConfig, wanted_hash: str):
         max_results=1,
     )
     return found[0] if found else None
+
+
+# --- reading runs back (csetrain runs list|compare|best) ---
+
+
+def read_runs(
+    uri: str, experiment: str, filter_string: str = "", max_results: int = 200
+) -> list[dict]:
+    """Runs of an experiment, newest first, as plain dicts (id, name, status, start, params,
+    metrics, tags), so callers never touch MLflow objects."""
+    client, experiment_id = _client_and_experiment(TrackingConfig(uri=uri, experiment=experiment))
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string,
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+    )
+    return [
+        {
+            "id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start": r.info.start_time,
+            "experiment_id": experiment_id,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]
+
+
+def read_run(uri: str, run_id: str) -> dict:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        r = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        from csetrain.config import ConfigError
+
+        raise ConfigError(
+            f"no run '{run_id}' in {uri}: list them with `csetrain runs list --uri {uri}`"
+        ) from None
+    return {
+        "id": r.info.run_id,
+        "name": r.info.run_name,
+        "status": r.info.status,
+        "start": r.info.start_time,
+        "experiment_id": r.info.experiment_id,
+        "params": dict(r.data.params),
+        "metrics": dict(r.data.metrics),
+        "tags": dict(r.data.tags),
+    }

@@ -1,0 +1,126 @@
+"""`csetrain runs list|compare|best` against a real store, and `csetrain ui` serving it over
+MLflow's REST API."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from csetrain.cli import app
+from csetrain.train import run_training
+
+from .test_config import _compose
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    summaries = [
+        run_training(
+            _compose(
+                [
+                    "experiment=demo",
+                    "model=tiny",
+                    "trainer.max_steps=2",
+                    "trainer.eval_every=2",
+                    "trainer.batch_size=8",
+                    "trainer.progress=false",
+                    "tracking.log_model=false",
+                    f"trainer.lr={lr}",
+                    f"tracking.uri={uri}",
+                    f"paths.output_dir={tmp}/out",
+                ]
+            )
+        )
+        for lr in ("1e-5", "5e-3")
+    ]
+    return uri, summaries
+
+
+def _cli(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_runs_list_shows_both_runs_with_choices_and_metrics(two_runs):
+    uri, (a, b) = two_runs
+    out = _cli("runs", "list", "--uri", uri, "-e", "csetrain-demo")
+    assert a.run_id[:8] in out and b.run_id[:8] in out
+    assert "eval/best" in out  # (choice columns are filled for CLI runs: see test_sweep)
+    assert f"{b.metrics['eval/best']:.2f}" in out
+
+
+def test_runs_compare_shows_config_and_metric_differences(two_runs):
+    uri, (a, b) = two_runs
+    out = _cli("runs", "compare", a.run_id[:8], b.run_id[:8], "--uri", uri, "-e", "csetrain-demo")
+    config_part = out.split("metrics:")[0]
+    assert (
+        "trainer.lr" in config_part and "trainer.max_steps" not in config_part
+    )  # only differences
+    line = next(row for row in out.splitlines() if row.startswith("eval/best "))
+    assert f"{b.metrics['eval/best'] - a.metrics['eval/best']:.2f}" in line
+    assert "#/compare-runs?runs=" in out and a.run_id in out and b.run_id in out
+
+
+def test_runs_best_picks_the_highest_dev_score(two_runs):
+    uri, summaries = two_runs
+    out = json.loads(_cli("runs", "best", "--uri", uri, "-e", "csetrain-demo", "--json"))
+    assert out["id"] == max(summaries, key=lambda s: s.metrics["eval/best"]).run_id
+
+
+def test_runs_on_a_missing_store_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["runs", "list", "--uri", f"sqlite:///{tmp_path}/none.db"])
+    assert result.exit_code == 2 and "no MLflow store" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_runs_over_rest(two_runs):
+    pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
+    uri, (a, b) = two_runs
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "csetrain.cli", "ui", "--store", uri, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("MLflow server did not answer /health within 120 s")
+        experiment = json.load(
+            urllib.request.urlopen(
+                f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=csetrain-demo"
+            )
+        )
+        body = json.dumps({"experiment_ids": [experiment["experiment"]["experiment_id"]]}).encode()
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search", body, {"Content-Type": "application/json"}
+        )
+        runs = json.load(urllib.request.urlopen(request))["runs"]
+        served = {
+            r["info"]["run_id"]: {m["key"]: m["value"] for m in r["data"]["metrics"]} for r in runs
+        }
+        assert {a.run_id, b.run_id} <= served.keys()
+        assert served[a.run_id]["eval/best"] == pytest.approx(a.metrics["eval/best"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
