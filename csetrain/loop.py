@@ -53,7 +53,9 @@ class FitResult:
 
 
 def _evaluate(c: Components, step: int, best: FitResult) -> None:
-    """Dev evaluation; keep the checkpoint only if it beats the best so far."""
+    """Dev evaluation; keep the checkpoint only if it beats the best so far (rank 0 only)."""
+    if not c.runtime.is_main:
+        return
     result = c.evaluator(c.encoder)
     c.tracker.log_metrics(result.prefixed("eval"), step)
     best.history.append({"step": step, "primary": result.primary, **result.metrics})
@@ -95,6 +97,8 @@ def _log_step(c: Components, out, grad_norm, done: int, window: dict) -> float:
 
 
 def _save_state(c: Components, done: int, result: FitResult, out) -> None:
+    if not c.runtime.is_main:
+        return
     if not math.isfinite(out.loss.item()):  # never overwrite the last good state with NaNs
         raise TrainingDiverged(
             f"loss is not finite at step {done}: the last good checkpoint is kept"
@@ -138,7 +142,8 @@ def fit(c: Components, cfg, start_step: int = 0, resumed: dict | None = None) ->
     started, window = time.perf_counter(), {"start": time.perf_counter(), "sentences": 0}
     with stop_requests() as stop:
         for step in bar:
-            batch = c.collator(token_rows[c.sampler.indices(step)], step).to(
+            rows = token_rows[c.sampler.indices(step)]  # the global batch, sharded per rank
+            batch = c.collator(rows, step).shard(c.runtime.rank, c.runtime.world).to(
                 c.runtime.device, non_blocking=True
             )
             out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)

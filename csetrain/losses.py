@@ -32,13 +32,13 @@ def info_nce(
     return F.cross_entropy(logits.float(), targets), logits
 
 
-def hard_negative_offset(batch: int, num_in_batch: int, weight: float, device=None) -> Tensor:
-    """SimCSE's offset matrix (B, num_in_batch + B): `weight` on anchor i's own hard negative
-    (column num_in_batch + i), zero elsewhere. SimCSE's `hard_negative_weight` is this *logit*
-    offset, i.e. log of the multiplicative weight: 0 means weight 1."""
-    offset = torch.zeros(batch, num_in_batch + batch, device=device)
-    rows = torch.arange(batch, device=device)
-    offset[rows, num_in_batch + rows] = weight
+def hard_negative_offset(rows: int, columns: int, start: int, weight: float, device=None) -> Tensor:
+    """SimCSE's offset matrix (rows, columns): `weight` at (i, start + i), anchor i's own hard
+    negative; zero elsewhere. SimCSE's `hard_negative_weight` is this *logit* offset, i.e. the
+    log of the multiplicative weight: 0 means weight 1."""
+    offset = torch.zeros(rows, columns, device=device)
+    index = torch.arange(rows, device=device)
+    offset[index, start + index] = weight
     return offset
 
 

@@ -23,8 +23,11 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import os
+
+    if name == "auto":  # under torchrun each process takes its LOCAL_RANK's GPU
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{index}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.device={name} but CUDA is not available: use trainer.device=cpu or auto"
@@ -44,6 +47,14 @@ class Runtime:
             raise ConfigError("trainer.precision=fp16 needs a GPU: use fp32 (or bf16) on CPU")
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype is torch.float16 else None
         self.max_grad_norm = cfg.max_grad_norm
+        self.rank, self.world = rank_and_world()
+        if cfg.batch_size % self.world:
+            raise ConfigError(f"trainer.batch_size={cfg.batch_size} (global) must divide by the {self.world} processes")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that logs, evaluates and saves."""
+        return self.rank == 0
 
     def autocast(self):
         if self.dtype is None:
@@ -55,6 +66,8 @@ class Runtime:
 
     def step(self, optimizer: torch.optim.Optimizer, params) -> torch.Tensor | None:
         """Unscale, clip, step, zero; returns the pre-clip gradient norm (a tensor: no sync)."""
+        params = list(params)
+        average_gradients(params)  # no-op on one process
         if self.scaler:
             self.scaler.unscale_(optimizer)
         norm = (
@@ -117,3 +130,72 @@ def stop_requests():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+# --- distributed data parallel (torchrun): one process per device ---
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return rank_and_world()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends each rank the summed gradient of its own rows, so every
+    rank's loss pushes on the embeddings it borrowed from the others (gloo and NCCL alike)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) per rank -> (W*B, D) in rank order, differentiable; identity on one process."""
+    return x if rank_and_world()[1] == 1 else _GatherWithGrad.apply(x)
+
+
+def average_gradients(params) -> None:
+    """Mean of the ranks' gradients, in one flat all-reduce (what DDP's reducer does, without
+    its overlap with backward: objectives may call any encoder method, not only forward)."""
+    import torch.distributed as dist
+
+    world = rank_and_world()[1]
+    grads = [p.grad for p in params if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

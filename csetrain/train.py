@@ -17,8 +17,8 @@ from csetrain.config import ConfigError, instantiate, validate_settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
 from csetrain.loop import Components, Interrupted, fit
-from csetrain.runtime import Runtime, lr_lambda, seed_everything
-from csetrain.tracking import git_info, make_tracker
+from csetrain.runtime import Runtime, init_distributed, lr_lambda, seed_everything
+from csetrain.tracking import NullTracker, git_info, make_tracker
 
 
 @dataclass
@@ -186,6 +186,7 @@ def run_training(cfg: DictConfig) -> TrainSummary:
     """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
     FINISHED, KILLED (interrupted, resumable) or FAILED whatever happens."""
     settings = validate_settings(cfg)
+    rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
     hydra_dir, choices, overrides = hydra_context()
     fresh = hydra_dir or Path(settings["paths"].output_dir) / "runs" / time.strftime(
         "%Y-%m-%d_%H-%M-%S"
@@ -196,7 +197,8 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         print(f"skip: this job's config already finished as MLflow run {done.run_id}")
         return done
     run_dir, resumed = resume_target(settings, fresh, wanted_hash)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # only rank 0 writes: logs, checkpoints, results
+        run_dir.mkdir(parents=True, exist_ok=True)
     tags = {
         **{f"choice.{k}": v for k, v in choices.items()},
         **git_info(),
@@ -210,13 +212,16 @@ def run_training(cfg: DictConfig) -> TrainSummary:
     if parent := parent_run_id(in_sweep):
         tags["mlflow.parentRunId"] = parent
     resume_id = resumed.get("run_id") if resumed else None
-    tracker = make_tracker(
-        settings["tracking"], run_name(cfg, overrides), tags, cfg, resume_id
-    )  # before seeding
+    tracker = (  # named before seeding (fixed seeds would repeat random run names)
+        make_tracker(settings["tracking"], run_name(cfg, overrides), tags, cfg, resume_id)
+        if rank == 0
+        else NullTracker()
+    )
     status = "FAILED"
     try:
-        seed_everything(settings["trainer"].seed)
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        seed_everything(settings["trainer"].seed + rank)  # distinct dropout streams per rank
+        if rank == 0:
+            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         components, more_tags = build(cfg, settings, run_dir, tracker)
         components.meta = {"config_hash": wanted_hash, "run_id": tracker.run_id}
         tracker.set_tags(more_tags)
@@ -230,7 +235,8 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         status = "KILLED"
         raise
     finally:
-        _log_run_files(tracker, run_dir, settings["tracking"].log_model and status == "FINISHED")
+        if rank == 0:
+            _log_run_files(tracker, run_dir, settings["tracking"].log_model and status == "FINISHED")
         tracker.finish(status)
         gc.collect()
         if torch.cuda.is_available():
@@ -246,6 +252,8 @@ def _train_and_test(
             c.encoder, c.objective, c.optimizer, c.scheduler
         )
     fitted = fit(c, settings["trainer"], start, progress)
+    if not c.runtime.is_main:  # rank 0 tests and reports
+        return TrainSummary(float("nan"), {}, run_dir=str(run_dir))
     c.checkpointer.discard_state()  # training is complete: resume state is no longer needed
     if fitted.best_step < 0:  # no dev evaluation configured: the last model is the result
         c.checkpointer.save_best(c.encoder, fitted.steps, "last", float("nan"))

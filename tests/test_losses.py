@@ -49,7 +49,7 @@ def test_info_nce_two_by_two_by_hand():
 
 
 def test_hard_negative_offset_is_simcse_weight_on_own_hard_negative():
-    offset = hard_negative_offset(batch=3, num_in_batch=3, weight=math.log(2.0))
+    offset = hard_negative_offset(rows=3, columns=6, start=3, weight=math.log(2.0))
     assert offset.shape == (3, 6)
     expected = torch.zeros(3, 6)
     for i in range(3):
@@ -61,7 +61,7 @@ def test_offset_enters_the_loss_after_temperature():
     gen = torch.Generator().manual_seed(1)
     a, c = torch.randn(3, 4, generator=gen), torch.randn(6, 4, generator=gen)
     targets = torch.arange(3)
-    offset = hard_negative_offset(3, 3, 0.7)
+    offset = hard_negative_offset(3, 6, 3, 0.7)
     loss, _ = info_nce(a, c, targets, 0.05, offset)
     hand = _hand_info_nce(a.numpy(), c.numpy(), targets.tolist(), 0.05, offset.numpy())
     assert abs(loss.item() - hand) < 1e-4

@@ -87,7 +87,7 @@ def test_sup_layout_and_hard_negative_weight(tiny_encoder):
         tiny_encoder.encode(TEXTS[::-1]),
         tiny_encoder.encode([t + " not" for t in TEXTS]),
     )
-    offset = hard_negative_offset(4, 4, math.log(3.0))
+    offset = hard_negative_offset(4, 8, 4, math.log(3.0))
     expected, logits = info_nce(a, torch.cat([p, n]), torch.arange(4), 0.05, offset)
     assert logits.shape == (4, 8)
     assert out.loss.item() == pytest.approx(expected.item(), abs=1e-4)

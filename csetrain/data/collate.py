@@ -29,6 +29,19 @@ class Batch:
             self.size,
         )
 
+    def shard(self, rank: int, world: int) -> Batch:
+        """This rank's 1/world of every field (DDP): rows [rank*b, (rank+1)*b) of each field."""
+        if world == 1:
+            return self
+        if self.size % world:
+            raise ValueError(f"batch of {self.size} does not split over {world} ranks")
+        b = self.size // world
+        rows = torch.cat([torch.arange(f * self.size + rank * b, f * self.size + (rank + 1) * b)
+                          for f in range(len(self.fields))])
+        mask = self.attention_mask[rows]
+        width = int(mask.sum(1).max())  # this shard's own padding only
+        return Batch(self.input_ids[rows, :width], mask[:, :width], self.fields, b)
+
     def split(self, z: Tensor) -> dict[str, Tensor]:
         """(F*B, D) embeddings -> {field: (B, D)}."""
         return dict(zip(self.fields, z.split(self.size)))

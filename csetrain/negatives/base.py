@@ -9,11 +9,14 @@ from torch import Tensor, nn
 
 @dataclass
 class Negatives:
-    """Extra negative candidates (M, D). `aligned` means row i is anchor i's own hard negative
-    (so SimCSE's hard-negative weight applies to the diagonal of this block)."""
+    """Extra negative candidates (M, D). `aligned`: row i is anchor i's own hard negative (so
+    SimCSE's hard-negative weight applies to it). `gather`: per-rank rows that DDP shares with
+    every rank (batch-derived); False for global state such as a queue (ESimCSE's queue is
+    never gathered)."""
 
     embeddings: Tensor
     aligned: bool = False
+    gather: bool = True
 
 
 class NegativeMiner(nn.Module):

@@ -11,6 +11,7 @@ from csetrain.data.collate import Batch
 from csetrain.losses import hard_negative_offset, info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.negatives.in_batch import InBatch
+from csetrain.runtime import gather_with_grad, rank_and_world
 
 
 @dataclass
@@ -88,13 +89,18 @@ class InfoNCEObjective(Objective):
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
         anchors, positives = views["anchor"], views["positive"]  # (B, D) each
         extra = self.miner.extra_negatives(anchors, views)
-        candidates, offset = positives, None
+        # Under DDP every rank scores its anchors against all ranks' candidates (gathered with
+        # gradient); anchor i of rank r is row r*B + i of the gathered positives.
+        rank, world = rank_and_world()
+        first = rank * len(anchors)
+        candidates = gather_with_grad(positives)  # (W*B, D)
+        offset = None
         if extra is not None:
-            candidates = torch.cat([positives, extra.embeddings])  # (B + M, D)
+            more = gather_with_grad(extra.embeddings) if extra.gather else extra.embeddings
             if extra.aligned and self.hard_negative_weight:
-                offset = hard_negative_offset(
-                    len(anchors), len(positives), self.hard_negative_weight, anchors.device
-                )
-        targets = torch.arange(len(anchors), device=anchors.device)
+                offset = hard_negative_offset(len(anchors), len(candidates) + len(more),
+                                              len(candidates) + first, self.hard_negative_weight, anchors.device)
+            candidates = torch.cat([candidates, more])  # (W*B + M, D)
+        targets = first + torch.arange(len(anchors), device=anchors.device)
         loss, logits = info_nce(anchors, candidates, targets, self.temperature, offset)
         return ObjectiveOutput(loss, {"acc": top1_accuracy(logits.detach(), targets)})

@@ -1,0 +1,95 @@
+"""DDP on CPU: two gloo processes, each with half the batch, give the same loss and gradients
+as one process on the whole batch (negatives gathered with gradient, hard negatives aligned)."""
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from csetrain.augmentations.dropout import Dropout
+from csetrain.data.collate import Collator
+from csetrain.modeling.backbones import tiny
+from csetrain.modeling.encoder import SentenceEncoder
+from csetrain.negatives.hard_from_data import HardFromData
+from csetrain.objectives.simcse_sup import SimCSESup
+from csetrain.runtime import average_gradients
+
+TEXTS = [
+    "a man plays a guitar",
+    "two dogs run in a field",
+    "the stock market fell today",
+    "a child reads a book",
+    "rain is expected tomorrow",
+    "she sells sea shells",
+]
+
+
+def _setup():
+    torch.manual_seed(0)  # the MLP head's init draws from the global RNG
+    encoder = SentenceEncoder(
+        tiny(dropout=0.0), pooler="cls", mlp_head="always"
+    )  # no dropout: comparable
+    tok = encoder.tokenizer
+    rows = {
+        "anchor_ids": tok(TEXTS)["input_ids"],
+        "positive_ids": tok(TEXTS[::-1])["input_ids"],
+        "hard_negative_ids": tok([t + " never" for t in TEXTS])["input_ids"],
+    }
+    collate = Collator(
+        ("anchor", "positive", "hard_negative"),
+        Dropout(),
+        tok.pad_token_id,
+        set(),
+        augmented_positive=False,
+        seed=0,
+    )
+    objective = SimCSESup(
+        miner=HardFromData(), temperature=0.05, hard_negative_weight=math.log(2.0)
+    )
+    return encoder, objective, collate(rows, step=0)
+
+
+def _loss_and_grads(rank: int, world: int):
+    encoder, objective, batch = _setup()
+    out = objective(encoder, batch.shard(rank, world))
+    out.loss.backward()
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    average_gradients(params)
+    return out.loss.item(), {
+        n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None
+    }
+
+
+def _worker(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.save(_loss_and_grads(rank, world), os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_loss_and_gradients_equal_single_process(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    shards = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    single_loss, single_grads = _loss_and_grads(0, 1)
+    # each rank's loss is the mean over its anchors, so their mean is the full-batch mean
+    assert sum(loss for loss, _ in shards) / 2 == pytest.approx(single_loss, abs=1e-5)
+    _, _, batch = _setup()
+    halves = batch.shard(0, 2), batch.shard(1, 2)
+    assert halves[0].size == halves[1].size == 3 and halves[0].fields == batch.fields
+    assert not torch.equal(halves[0].input_ids[:1], halves[1].input_ids[:1])  # different rows
+    for rank_grads in (shards[0][1], shards[1][1]):  # after averaging, every rank holds the same
+        assert rank_grads.keys() == single_grads.keys()
+        for name, grad in single_grads.items():
+            assert torch.allclose(rank_grads[name], grad, atol=1e-6, rtol=1e-4), name
