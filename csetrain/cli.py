@@ -135,6 +135,12 @@ def run_command(command: str, config_name: str, args: list[str], job, json_out: 
             validate_settings(cfg)
         except ConfigError as err:
             fail(str(err))
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:  # torchrun: only rank 0 owns a run directory and prints
+        import tempfile
+
+        scratch = Path(tempfile.gettempdir()) / f"csetrain-rank{rank}"
+        args = [*args, "hydra.output_subdir=null", f"hydra.run.dir={scratch}", "hydra/job_logging=disabled"]
     results, errors = [], []
 
     def task(cfg):
@@ -164,6 +170,8 @@ def train(
         from csetrain.train import run_training
 
         summary = run_training(cfg)
+        if int(os.environ.get("RANK", "0")) > 0:
+            return summary
         tests = {
             k: v
             for k, v in summary.metrics.items()
