@@ -140,7 +140,12 @@ def run_command(command: str, config_name: str, args: list[str], job, json_out: 
         import tempfile
 
         scratch = Path(tempfile.gettempdir()) / f"csetrain-rank{rank}"
-        args = [*args, "hydra.output_subdir=null", f"hydra.run.dir={scratch}", "hydra/job_logging=disabled"]
+        args = [
+            *args,
+            "hydra.output_subdir=null",
+            f"hydra.run.dir={scratch}",
+            "hydra/job_logging=disabled",
+        ]
     results, errors = [], []
 
     def task(cfg):
@@ -374,6 +379,21 @@ def runs_best(
     )
 
 
+@runs_app.command("sync")
+def runs_sync(
+    path: Path = typer.Argument(
+        ..., help="unsynced_metrics.jsonl written by a run whose store was down."
+    ),
+    uri: str = URI,
+) -> None:
+    """Replay metrics that could not reach the tracking store during a run."""
+    from csetrain.tracking import sync_spilled
+
+    if not path.is_file():
+        fail(f"{path} not found: it is written in the run dir when a store stays unreachable")
+    typer.echo(f"sent {sync_spilled(uri, path)} metrics to {uri}")
+
+
 @app.command()
 def ui(
     store: str = typer.Option("sqlite:///outputs/mlflow.db", "--store", help="Backend store URI."),
@@ -382,7 +402,6 @@ def ui(
 ) -> None:
     """Start the MLflow UI/server against the project's store (needs `pip install 'csetrain[ui]'`)."""
     import importlib.util
-    import subprocess
 
     if (
         importlib.util.find_spec("mlflow.server.handlers") is None
@@ -404,7 +423,7 @@ def ui(
         "--workers",
         "1",
     ]
-    raise typer.Exit(subprocess.call(cmd))
+    os.execv(sys.executable, cmd)  # become the server: signals (Ctrl-C, SIGTERM) reach it directly
 
 
 if __name__ == "__main__":

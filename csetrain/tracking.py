@@ -3,6 +3,7 @@ any seeding, so fixed seeds never produce identical random run names (LHT #613).
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Protocol
@@ -106,6 +107,10 @@ class MlflowTracker:
         from mlflow import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every run
+        # Fail fast on a dead server (we buffer and retry ourselves) instead of MLflow's
+        # minutes-long HTTP retry loop blocking the training step.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         if cfg.uri.startswith("sqlite:///"):
             Path(cfg.uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(
                 parents=True, exist_ok=True
@@ -128,6 +133,36 @@ class MlflowTracker:
             return (db.parent / "mlartifacts").as_uri()
         return None
 
+    # A store that is down or flaky must not stop training nor lose a metric: calls that fail are
+    # kept in order and retried on the next call and at the end; whatever never reached the
+    # store is written to `spill_path` (JSON lines) for `csetrain runs sync`.
+    spill_path: Path | None = None
+    _pending: list | None = None
+    _warned = False
+
+    def _attempt(self, call, *args) -> None:
+        self._pending = self._pending or []
+        self._pending.append((call, args))
+        self._flush()
+
+    def _flush(self) -> bool:
+        while self._pending:
+            call, args = self._pending[0]
+            try:
+                getattr(self.client, call)(self.run_id, *args)
+            except Exception as err:  # network, HTTP 5xx, locked database: all retried later
+                if not self._warned:
+                    first = (
+                        str(err).strip().splitlines()[0][:200]
+                        if str(err).strip()
+                        else type(err).__name__
+                    )
+                    print(f"warning: tracking store unreachable ({first}); buffering and retrying")
+                    self._warned = True
+                return False
+            self._pending.pop(0)
+        return True
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time
 
@@ -136,20 +171,74 @@ class MlflowTracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
+            self._attempt("log_batch", items[start : start + 1000])
 
     def log_artifacts(self, local_dir, artifact_path=None):
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._attempt("log_artifacts", str(local_dir), artifact_path)
 
     def log_artifact(self, local_file, artifact_path=None):
-        self.client.log_artifact(self.run_id, str(local_file), artifact_path)
+        self._attempt("log_artifact", str(local_file), artifact_path)
 
     def set_tags(self, tags):
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, v)
+            self._attempt("set_tag", k, str(v))
 
-    def finish(self, status="FINISHED"):
-        self.client.set_terminated(self.run_id, status)
+    def finish(self, status="FINISHED", retries: tuple[float, ...] = (1, 2, 4, 8, 15)):
+        import time
+
+        self._attempt("set_terminated", status)
+        for delay in retries:
+            if self._flush():
+                return
+            time.sleep(delay)
+        if not self._flush():
+            self._spill()
+
+    def _spill(self) -> None:
+        """Write what never reached the store, so nothing is lost."""
+        import json
+
+        rows = []
+        for call, args in self._pending:
+            if call == "log_batch":
+                rows += [
+                    {
+                        "run_id": self.run_id,
+                        "key": m.key,
+                        "value": m.value,
+                        "step": m.step,
+                        "timestamp": m.timestamp,
+                    }
+                    for m in args[0]
+                ]
+        target = self.spill_path or Path(f"unsynced-{self.run_id}.jsonl")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        print(
+            f"warning: {len(rows)} metrics could not reach the tracking store; saved to {target} "
+            f"(replay with `csetrain runs sync {target} --uri URI`)"
+        )
+
+
+def sync_spilled(uri: str, path: str | Path) -> int:
+    """Replay metrics written by a tracker that lost its store; returns how many were sent."""
+    import json
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=uri)
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    by_run: dict[str, list] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(
+            Metric(r["key"], r["value"], r["timestamp"], r["step"])
+        )
+    for run_id, metrics in by_run.items():
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    return len(rows)
 
 
 def make_tracker(
@@ -162,7 +251,15 @@ def make_tracker(
     if cfg.backend == "none":
         return NullTracker()
     params = flatten(OmegaConf.to_container(config, resolve=True))
-    return MlflowTracker(cfg, run_name, tags, params, resume_run_id)
+    try:
+        return MlflowTracker(cfg, run_name, tags, params, resume_run_id)
+    except Exception as err:  # unreachable or broken store at start: say so before any work
+        from csetrain.config import ConfigError
+
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"tracking.uri={cfg.uri} is unreachable ({first}): start the server, fix the URI, or use tracking=none"
+        ) from None
 
 
 # --- sweeps: a parent run per multirun, one child per job, finished jobs found by config hash ---

@@ -217,6 +217,7 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         if rank == 0
         else NullTracker()
     )
+    tracker.spill_path = run_dir / "unsynced_metrics.jsonl"  # if the store stays unreachable
     status = "FAILED"
     try:
         seed_everything(settings["trainer"].seed + rank)  # distinct dropout streams per rank
@@ -236,7 +237,9 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         raise
     finally:
         if rank == 0:
-            _log_run_files(tracker, run_dir, settings["tracking"].log_model and status == "FINISHED")
+            _log_run_files(
+                tracker, run_dir, settings["tracking"].log_model and status == "FINISHED"
+            )
         tracker.finish(status)
         gc.collect()
         if torch.cuda.is_available():

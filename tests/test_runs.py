@@ -2,6 +2,8 @@
 MLflow's REST API."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +95,8 @@ def test_ui_serves_the_runs_over_rest(two_runs):
     server = subprocess.Popen(
         [sys.executable, "-m", "csetrain.cli", "ui", "--store", uri, "--port", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the server forks workers: stop the whole group
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -122,5 +125,5 @@ def test_ui_serves_the_runs_over_rest(two_runs):
         assert {a.run_id, b.run_id} <= served.keys()
         assert served[a.run_id]["eval/best"] == pytest.approx(a.metrics["eval/best"])
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

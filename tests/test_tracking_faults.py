@@ -1,0 +1,110 @@
+"""A tracking server that dies mid-run: metrics are buffered and none is lost once it is back;
+one that never comes back leaves a JSON-lines file that `csetrain runs sync` replays."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from csetrain.cli import app
+from csetrain.config import TrackingConfig
+from csetrain.tracking import MlflowTracker
+
+pytestmark = pytest.mark.slow  # starts a real MLflow server three times (~20 s each)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server(store: str, port: int) -> subprocess.Popen:
+    pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the server forks workers
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail("MLflow server did not start")
+
+
+def _kill(proc):
+    """kill -9 the server and its workers."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_server_down_mid_run_loses_no_metric(tmp_path):
+    store, port = f"sqlite:///{tmp_path}/store.db", _free_port()
+    server = _server(store, port)
+    uri = f"http://127.0.0.1:{port}"
+    tracker = MlflowTracker(TrackingConfig(uri=uri, experiment="faults"), "flaky", {}, {})
+    try:
+        for step in range(1, 6):
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+        _kill(server)
+        started = time.time()
+        for step in range(6, 11):  # the store is gone: training must not wait on it
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+        assert time.time() - started < 60 and len(tracker._pending) >= 5
+        server = _server(store, port)
+        for step in range(11, 16):
+            tracker.log_metrics({"train/loss": 1.0 / step}, step)
+        tracker.finish("FINISHED")
+    finally:
+        _kill(server)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    history = client.get_metric_history(tracker.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 16))  # 15 logged of 15 expected
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_store_that_never_returns_spills_and_syncs(tmp_path):
+    store, port = f"sqlite:///{tmp_path}/store.db", _free_port()
+    server = _server(store, port)
+    tracker = MlflowTracker(
+        TrackingConfig(uri=f"http://127.0.0.1:{port}", experiment="faults"), "lost", {}, {}
+    )
+    tracker.spill_path = tmp_path / "run" / "unsynced_metrics.jsonl"
+    tracker.log_metrics({"train/loss": 0.5}, 1)
+    _kill(server)
+    tracker.log_metrics({"train/loss": 0.25, "train/lr": 1e-5}, 2)
+    tracker.finish("FINISHED", retries=(0.1,))
+    assert len(tracker.spill_path.read_text().splitlines()) == 2
+    result = CliRunner().invoke(app, ["runs", "sync", str(tracker.spill_path), "--uri", store])
+    assert result.exit_code == 0 and "sent 2 metrics" in result.output
+    from mlflow import MlflowClient
+
+    steps = [m.step for m in MlflowClient(store).get_metric_history(tracker.run_id, "train/loss")]
+    assert sorted(steps) == [1, 2]
