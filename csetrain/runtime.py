@@ -49,7 +49,17 @@ class Runtime:
         self.max_grad_norm = cfg.max_grad_norm
         self.rank, self.world = rank_and_world()
         if cfg.batch_size % self.world:
-            raise ConfigError(f"trainer.batch_size={cfg.batch_size} (global) must divide by the {self.world} processes")
+            raise ConfigError(
+                f"trainer.batch_size={cfg.batch_size} (global) must divide by the {self.world} processes"
+            )
+
+    def prepare(self, encoder: torch.nn.Module, compile_model: bool) -> torch.nn.Module:
+        """Move to the device; `trainer.compile` compiles the transformer in place (state-dict
+        keys unchanged, so checkpoints and exports are the same as uncompiled)."""
+        encoder = encoder.to(self.device)
+        if compile_model:
+            encoder.transformer.compile(dynamic=True)  # batch shapes vary with dynamic padding
+        return encoder
 
     @property
     def is_main(self) -> bool:

@@ -115,7 +115,7 @@ def build(
 ) -> tuple[Components, dict[str, str]]:
     trainer = settings["trainer"]
     runtime = Runtime(trainer)
-    encoder = instantiate(cfg.model).to(runtime.device)
+    encoder = runtime.prepare(instantiate(cfg.model), trainer.compile)
     objective = build_objective(cfg).to(runtime.device)
     corpus = instantiate(cfg.data).load()
     check_fields(objective, corpus, cfg)
@@ -182,6 +182,29 @@ def resume_target(settings: dict, fresh_dir: Path, wanted_hash: str) -> tuple[Pa
     return found, meta
 
 
+MIN_FREE_BYTES = 1 << 30  # a base-size model's checkpoints with optimizer state need ~1.5 GB
+
+
+def check_writable(run_dir: Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail before any work if the output directory is read-only or nearly full."""
+    import shutil
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write to {run_dir} ({err.strerror}): set paths.output_dir to a writable directory"
+        ) from None
+    free = shutil.disk_usage(run_dir).free
+    if free < min_free:
+        raise ConfigError(
+            f"only {free >> 20} MiB free under {run_dir}: free space or set paths.output_dir elsewhere"
+        )
+
+
 def run_training(cfg: DictConfig) -> TrainSummary:
     """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
     FINISHED, KILLED (interrupted, resumable) or FAILED whatever happens."""
@@ -198,7 +221,7 @@ def run_training(cfg: DictConfig) -> TrainSummary:
         return done
     run_dir, resumed = resume_target(settings, fresh, wanted_hash)
     if rank == 0:  # only rank 0 writes: logs, checkpoints, results
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir)
     tags = {
         **{f"choice.{k}": v for k, v in choices.items()},
         **git_info(),
