@@ -19,7 +19,7 @@ from transformers import BertConfig, BertModel
 from csetrain.config import TrainerConfig
 from csetrain.data.collate import Batch
 from csetrain.grad_cache import grad_cache_step
-from csetrain.modeling.backbones import Backbone, bert_uncased_tokenizer
+from csetrain.modeling.backbones import Backbone
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.objectives.simcse_unsup import SimCSEUnsup
 from csetrain.runtime import Runtime
