@@ -30,9 +30,8 @@ H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA's dense BF16 tensor-core peak for H200 
 def bert_base(device) -> SentenceEncoder:
     config = BertConfig(attn_implementation="sdpa")  # bert-base: 12 x 768, 110M parameters
     torch.manual_seed(0)
-    backbone = Backbone(
-        BertModel(config, add_pooling_layer=False), bert_uncased_tokenizer(), "bert-base-config"
-    )
+    # no tokenizer: the batches are random token ids (the device has no csetrain data or vocab)
+    backbone = Backbone(BertModel(config, add_pooling_layer=False), None, "bert-base-config")
     return SentenceEncoder(backbone, pooler="cls", mlp_head="train_only").to(device)
 
 
