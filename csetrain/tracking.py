@@ -274,19 +274,24 @@ def _client_and_experiment(cfg: TrackingConfig):
     return connection.client, connection.experiment_id
 
 
+def _newest(cfg: TrackingConfig, filter_string: str):
+    """(client, experiment id, newest run matching the filter or None)."""
+    client, experiment_id = _client_and_experiment(cfg)
+    found = client.search_runs(
+        [experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return client, experiment_id, (found[0] if found else None)
+
+
 def open_parent_run(cfg: TrackingConfig, name: str, sweep_key: str, tags: dict[str, str]) -> str:
     """The sweep's parent run: reopened if this exact sweep ran before (so a re-run's children
     join it), else created."""
-    client, experiment_id = _client_and_experiment(cfg)
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`csetrain.sweep_key` = '{sweep_key}' and tags.`csetrain.kind` = '{SWEEP_KIND}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+    client, experiment_id, found = _newest(
+        cfg, f"tags.`csetrain.sweep_key` = '{sweep_key}' and tags.`csetrain.kind` = '{SWEEP_KIND}'"
     )
     if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
+        client.update_run(found.info.run_id, status="RUNNING")
+        return found.info.run_id
     all_tags = {**tags, "csetrain.sweep_key": sweep_key, "csetrain.kind": SWEEP_KIND}
     return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
@@ -320,24 +325,31 @@ def close_parent_run(cfg: TrackingConfig, parent_id: str, selection_key: str = "
 
 def find_finished_run(cfg: TrackingConfig, wanted_hash: str):
     """A FINISHED run of exactly this config (tag `config_hash`), newest first, or None."""
-    client, experiment_id = _client_and_experiment(cfg)
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.config_hash = '{wanted_hash}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return found[0] if found else None
+    return _newest(cfg, f"tags.config_hash = '{wanted_hash}' and attributes.status = 'FINISHED'")[2]
 
 
 # --- reading runs back (csetrain runs list|compare|best) ---
 
 
+def _as_dict(run) -> dict:
+    """An MLflow run as a plain dict, so callers never touch MLflow objects."""
+    info, data = run.info, run.data
+    return {
+        "id": info.run_id,
+        "name": info.run_name,
+        "status": info.status,
+        "start": info.start_time,
+        "experiment_id": info.experiment_id,
+        "params": dict(data.params),
+        "metrics": dict(data.metrics),
+        "tags": dict(data.tags),
+    }
+
+
 def read_runs(
     uri: str, experiment: str, filter_string: str = "", max_results: int = 200
 ) -> list[dict]:
-    """Runs of an experiment, newest first, as plain dicts (id, name, status, start, params,
-    metrics, tags), so callers never touch MLflow objects."""
+    """Runs of an experiment, newest first, as plain dicts (see `_as_dict`)."""
     client, experiment_id = _client_and_experiment(TrackingConfig(uri=uri, experiment=experiment))
     runs = client.search_runs(
         [experiment_id],
@@ -345,19 +357,7 @@ def read_runs(
         order_by=["attributes.start_time DESC"],
         max_results=max_results,
     )
-    return [
-        {
-            "id": r.info.run_id,
-            "name": r.info.run_name,
-            "status": r.info.status,
-            "start": r.info.start_time,
-            "experiment_id": experiment_id,
-            "params": dict(r.data.params),
-            "metrics": dict(r.data.metrics),
-            "tags": dict(r.data.tags),
-        }
-        for r in runs
-    ]
+    return [_as_dict(r) for r in runs]
 
 
 def read_run(uri: str, run_id: str) -> dict:
@@ -365,20 +365,10 @@ def read_run(uri: str, run_id: str) -> dict:
     from mlflow.exceptions import MlflowException
 
     try:
-        r = MlflowClient(tracking_uri=uri).get_run(run_id)
+        return _as_dict(MlflowClient(tracking_uri=uri).get_run(run_id))
     except MlflowException:
         from csetrain.config import ConfigError
 
         raise ConfigError(
             f"no run '{run_id}' in {uri}: list them with `csetrain runs list --uri {uri}`"
         ) from None
-    return {
-        "id": r.info.run_id,
-        "name": r.info.run_name,
-        "status": r.info.status,
-        "start": r.info.start_time,
-        "experiment_id": r.info.experiment_id,
-        "params": dict(r.data.params),
-        "metrics": dict(r.data.metrics),
-        "tags": dict(r.data.tags),
-    }
