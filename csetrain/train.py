@@ -117,6 +117,7 @@ def build(
     runtime = Runtime(trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile)
     objective = build_objective(cfg).to(runtime.device)
+    objective.bind(encoder)  # before any step or resume: momentum copies start from these weights
     corpus = instantiate(cfg.data).load()
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)

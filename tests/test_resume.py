@@ -40,8 +40,11 @@ def _weights(summary):
     return load_file(os.path.join(summary.run_dir, "checkpoints", "best", "model.safetensors"))
 
 
-def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
-    straight = run_training(_cfg(tmp_path, "straight"))
+@pytest.mark.parametrize(
+    "objective", ["simcse_unsup", "esimcse"]
+)  # esimcse: queue + momentum state
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, objective):
+    straight = run_training(_cfg(tmp_path, "straight", [f"objective={objective}"]))
 
     original = MlflowTracker.log_metrics
 
@@ -52,7 +55,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
     with pytest.raises(Interrupted, match="after step 3"):
-        run_training(_cfg(tmp_path, "resumed"))
+        run_training(_cfg(tmp_path, "resumed", [f"objective={objective}"]))
     monkeypatch.setattr(MlflowTracker, "log_metrics", original)
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -60,7 +63,9 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     killed = [r for r in client.search_runs([experiment]) if r.info.status == "KILLED"]
     assert len(killed) == 1
 
-    resumed = run_training(_cfg(tmp_path, "resumed", ["trainer.resume=auto"]))
+    resumed = run_training(
+        _cfg(tmp_path, "resumed", [f"objective={objective}", "trainer.resume=auto"])
+    )
     assert resumed.run_id == killed[0].info.run_id  # same MLflow run, continued
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
     a, b = _weights(straight), _weights(resumed)

@@ -29,6 +29,10 @@ class NegativeMiner(nn.Module):
 
     fields: tuple[str, ...] = ()
 
+    def bind(self, encoder: nn.Module) -> None:
+        """Called once with the online encoder before training (and before a resume loads the
+        state): miners that mirror the encoder (momentum copies) build their modules here."""
+
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
         """Extra candidates for this step's anchors (B, D), or None for in-batch only."""
         return None

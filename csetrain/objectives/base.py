@@ -67,6 +67,10 @@ class Objective(nn.Module):
             metrics.update({f"{name}/{k}": v for k, v in extra.metrics.items()})
         return ObjectiveOutput(total, metrics)
 
+    def bind(self, encoder: nn.Module) -> None:
+        """Once, before training: let the miner build encoder-shaped state (see NegativeMiner)."""
+        self.miner.bind(encoder)
+
     def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
         """Upkeep after the weights moved (EMA encoders, queues): delegated to the miner."""
         self.miner.after_optimizer_step(encoder, batch)
@@ -98,8 +102,13 @@ class InfoNCEObjective(Objective):
         if extra is not None:
             more = gather_with_grad(extra.embeddings) if extra.gather else extra.embeddings
             if extra.aligned and self.hard_negative_weight:
-                offset = hard_negative_offset(len(anchors), len(candidates) + len(more),
-                                              len(candidates) + first, self.hard_negative_weight, anchors.device)
+                offset = hard_negative_offset(
+                    len(anchors),
+                    len(candidates) + len(more),
+                    len(candidates) + first,
+                    self.hard_negative_weight,
+                    anchors.device,
+                )
             candidates = torch.cat([candidates, more])  # (W*B + M, D)
         targets = first + torch.arange(len(anchors), device=anchors.device)
         loss, logits = info_nce(anchors, candidates, targets, self.temperature, offset)
