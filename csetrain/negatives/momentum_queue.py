@@ -1,0 +1,122 @@
+"""`negative_mining=momentum_queue`: ESimCSE's momentum contrast (Wu et al., arXiv 2109.04380, §3.2).
+
+A momentum (EMA) copy of the transformer embeds each batch's original sentences; the last `size`
+of those embeddings are extra negatives for the next steps' anchors.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from csetrain.config import ConfigError, CsetrainError
+from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, pool
+from csetrain.negatives.base import NegativeMiner, Negatives
+
+
+class MomentumQueue(NegativeMiner):
+    """FIFO queue of `size` momentum-encoder embeddings of past anchors (ESimCSE's `neg_size`,
+    160 for batch 64), served as unaligned extra negatives: each anchor's logits are
+    [anchor . positives | anchor . queue] (on the first step the queue is empty: in-batch only).
+
+    Batch fields: `anchor` (any objective with anchors: esimcse, simcse_unsup, simcse_sup).
+    Keys: the momentum encoder's pooled embedding of the anchor rows (the original sentences,
+    not the augmented view), with dropout off and no gradient, passed through the *live* MLP head
+    when the encoder has one (`encoder.head`), as ESimCSE's code does.
+    Momentum encoder: a copy of `encoder.transformer` only (not the head), EMA of the
+    parameters only (not buffers), m = 0.995.
+
+    Ordering. ESimCSE, at step t with online weights w_t: (1) EMA m_t = m*m_{t-1} + (1-m)*w_t
+    inside the forward, (2) loss with the queue, (3) enqueue keys of batch t from m_t, then the
+    optimizer makes w_{t+1}. Our hook runs after the optimizer step: (3') enqueue keys of batch t
+    from the momentum encoder, then (1') EMA toward the new online weights w_{t+1}. The loss (2)
+    never reads the momentum encoder, so moving step t+1's EMA to the end of step t changes
+    nothing: every key of batch t is computed from exactly m_t. At t=0, m_0 = w_0 (a copy of the
+    online weights) in both, provided `bind` ran before the first optimizer step.
+
+    State: the momentum encoder (a submodule) and `queue`/`filled` (buffers) are in
+    `state_dict()`, so they checkpoint with the objective. The encoder is built by `bind(encoder)`,
+    because only the online encoder knows the architecture: it runs lazily at the first upkeep
+    (the online weights are then w_1, one optimizer step past w_0; call `bind` before training
+    to start from w_0 exactly) and must run before `load_state_dict` on a fresh miner.
+
+    Deviations from the official code: its momentum encoder is copied in `__init__` *before*
+    `from_pretrained` loads the checkpoint (and `init_weights` re-randomises it), so, from our
+    reading, it starts from random weights and only approaches the online encoder through the
+    EMA; we start from the online weights, as the paper describes. Its queue is reset at every
+    epoch (one epoch in its recipes); ours persists. Its momentum forward runs under the fp16
+    autocast of the training step; ours runs in the encoder's own precision.
+    """
+
+    def __init__(self, size: int = 160, momentum: float = 0.995) -> None:
+        super().__init__()
+        if size < 1:
+            raise ConfigError(f"negative_mining.size={size}: choose a queue length >= 1")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"negative_mining.momentum={momentum}: choose a value in [0, 1)")
+        self.size, self.momentum = size, momentum
+        self.register_module("momentum_encoder", None)
+        self.register_buffer("queue", torch.zeros(size, 0))  # (K, D) once bound; newest last
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # valid rows, <= K
+
+    def bind(self, encoder: nn.Module) -> None:
+        """Create the momentum encoder (a frozen copy of `encoder.transformer`) and size the queue."""
+        if self.momentum_encoder is not None:
+            return
+        momentum_encoder = copy.deepcopy(encoder.transformer).requires_grad_(False).eval()
+        self.momentum_encoder = momentum_encoder
+        device = next(encoder.transformer.parameters()).device
+        self.queue = torch.zeros(self.size, encoder.hidden_size, device=device)
+
+    def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
+        if int(self.filled) == 0:
+            return None
+        return Negatives(self.queue[self.size - int(self.filled) :], aligned=False)  # (M, D)
+
+    def after_optimizer_step(self, encoder: nn.Module, batch) -> None:
+        self.bind(encoder)
+        ids, mask = (
+            batch.split(batch.input_ids)["anchor"],
+            batch.split(batch.attention_mask)["anchor"],
+        )
+        self.enqueue(self.keys(encoder, ids, mask))
+        self.ema_update(encoder)
+
+    @torch.no_grad()
+    def keys(self, encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Momentum-encoder embeddings (dropout off, no grad, live head): (B, L) -> (B, D)."""
+        width = int(attention_mask.sum(1).max())  # the anchors' own padding, not the positives'
+        input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
+        self.momentum_encoder.eval()
+        all_layers = encoder.pooler in NEEDS_ALL_LAYERS
+        out = self.momentum_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
+        )
+        states = out.hidden_states if all_layers else (out.last_hidden_state,)
+        z = pool(encoder.pooler, states, attention_mask)
+        return encoder.head(z) if encoder.head is not None else z
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Append keys (B, D) at the end; the oldest rows fall off the front (FIFO of length K)."""
+        self.queue.copy_(torch.cat([self.queue, keys.to(self.queue.dtype)])[-self.size :])
+        self.filled.fill_(min(self.size, int(self.filled) + len(keys)))
+
+    @torch.no_grad()
+    def ema_update(self, encoder: nn.Module) -> None:
+        """momentum_param = m * momentum_param + (1 - m) * online_param (parameters only)."""
+        pairs = zip(self.momentum_encoder.parameters(), encoder.transformer.parameters())
+        for tracked, online in pairs:
+            tracked.mul_(self.momentum).add_(online.detach(), alpha=1.0 - self.momentum)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self.momentum_encoder is None and any(
+            k.startswith(prefix + "momentum_encoder.") for k in state_dict
+        ):
+            raise CsetrainError(
+                "negative_mining=momentum_queue: call miner.bind(encoder) before load_state_dict "
+                "(the momentum encoder is a copy of the encoder's transformer)"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
