@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 export CSETRAIN_DATA_DIR ?= $(abspath ../shared/data)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all lint format bench clean
+.PHONY: help install demo test test-slow test-all lint format bench clean
 
 help:  ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ demo: install  ## train on the embedded default (packaged MiniLM, bundled sample
 
 test: install  ## run the default test suite (offline, < 10 min on 2 cores)
 	$(PY) -m pytest -m "not slow"
+
+test-slow: install  ## only the slow tests (real MLflow servers, headless Chromium)
+	$(PY) -m pytest -m slow
 
 test-all: install  ## run every test, the slow ones too
 	$(PY) -m pytest

@@ -87,4 +87,4 @@ def ui_compare_link(ui_url: str, a: dict, b: dict) -> str:
     """The MLflow UI page that shows the same comparison."""
     runs = quote(json.dumps([a["id"], b["id"]]), safe="")
     experiments = quote(json.dumps(sorted({a["experiment_id"], b["experiment_id"]})), safe="")
-    return f"{ui_url.rstrip('/')}/#/compare-runs?runs={runs}&experimentIds={experiments}"
+    return f"{ui_url.rstrip('/')}/#/compare-runs?runs={runs}&experiments={experiments}"
