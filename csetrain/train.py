@@ -110,6 +110,16 @@ def build_objective(cfg: DictConfig):
     )
 
 
+def dev_evaluator(cfg: DictConfig):
+    """The selection evaluator; selecting a checkpoint on test data is refused."""
+    evaluator = instantiate(cfg.dev_eval)
+    if getattr(evaluator, "split", "dev") == "test":
+        raise ConfigError(
+            "dev_eval scores a test split: select on dev (eval@dev_eval=stsb_dev), test once with eval="
+        )
+    return evaluator
+
+
 def build(
     cfg: DictConfig, settings: dict, run_dir: Path, tracker
 ) -> tuple[Components, dict[str, str]]:
@@ -149,7 +159,7 @@ def build(
         runtime=runtime,
         optimizer=optimizer,
         scheduler=scheduler,
-        evaluator=instantiate(cfg.dev_eval),
+        evaluator=dev_evaluator(cfg),
         checkpointer=Checkpointer(run_dir),
         tracker=tracker,
     )

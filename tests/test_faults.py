@@ -90,3 +90,8 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message):
     assert len(errors) == 1 and message in errors[0], proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "out").glob("runs/*/checkpoints/*"))  # nothing half-written
+
+
+def test_selecting_on_a_test_split_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="dev_eval scores a test split"):
+        run_training(_tiny(tmp_path, "eval@dev_eval=stsb_test"))
