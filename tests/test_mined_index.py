@@ -1,0 +1,153 @@
+"""mined_index: exact neighbours, the rank window, the false-negative margin, the refresh cadence,
+live (gradient-carrying) negatives, checkpointable state, and 3 training steps."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from csetrain.config import ConfigError
+from csetrain.data.sources import TextLines
+from csetrain.negatives.mined_index import MinedIndex, nearest_neighbours, pick_in_window
+
+from .test_objectives import _unsup_batch
+
+SENTENCES = [
+    "a man plays a guitar on stage",
+    "two dogs run across a green field",
+    "the stock market fell sharply today",
+    "a child reads a book in the library",
+    "a woman is slicing an onion",
+    "the train arrived late at the station",
+    "scientists discovered a new species of frog",
+    "he painted the fence white last summer",
+    "the orchestra played a symphony by mozart",
+    "rain is expected over the weekend",
+    "the team won the championship game",
+    "she planted tomatoes in her garden",
+]
+
+
+def _corpus(tmp_path, lines=SENTENCES):
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    return TextLines(files=["corpus.txt"], data_dir=str(tmp_path), name="t")
+
+
+def test_index_returns_the_true_nearest_neighbours():
+    gen = torch.Generator().manual_seed(0)
+    keys = F.normalize(torch.randn(500, 16, generator=gen), dim=-1)
+    queries = F.normalize(torch.randn(37, 16, generator=gen), dim=-1)
+    scores, indices = nearest_neighbours(queries, keys, k=20, chunk_size=8)  # several chunks
+    brute = queries @ keys.T  # (37, 500)
+    expected = brute.argsort(dim=1, descending=True)[:, :20]
+    assert torch.equal(indices, expected)
+    assert torch.allclose(scores, brute.gather(1, expected), atol=1e-6)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first
+    assert nearest_neighbours(queries, keys[:5], k=20)[1].shape == (37, 5)  # k capped at N
+
+
+def _ranked(num_queries, num_keys):
+    """Scores/indices where query q's neighbour of rank r is key (q + r) % num_keys with score
+    1 - r/100 (a known ranking)."""
+    ranks = torch.arange(num_keys)
+    indices = (torch.arange(num_queries)[:, None] + ranks[None]) % num_keys
+    scores = (1 - ranks.float() / 100).expand(num_queries, num_keys).clone()
+    return scores, indices
+
+
+def test_rank_window_is_respected():
+    scores, indices = _ranked(6, 60)
+    positive_sim = torch.full((6,), 2.0)  # nothing is a false negative
+    seen = set()
+    for seed in range(40):
+        picked = pick_in_window(
+            scores, indices, positive_sim, (10, 15), 0.0, torch.Generator().manual_seed(seed)
+        )
+        rank = (picked - torch.arange(6)) % 60  # back from key to rank
+        assert ((rank >= 10) & (rank < 15)).all()
+        seen |= set(rank.tolist())
+    assert seen == set(range(10, 15))  # every rank of the window gets drawn
+
+
+def test_false_negatives_above_the_margin_are_dropped():
+    scores, indices = _ranked(3, 60)  # rank r has score 1 - r/100
+    # Window ranks 10..19 have scores 0.90..0.81; a candidate survives if score <= pos - 0.05.
+    # query 0: pos 0.98 -> all survive; query 1: pos 0.83 -> none (all > 0.78): no negative;
+    # query 2: pos 0.90 -> only scores <= 0.85, i.e. ranks 15..19
+    positive_sim = torch.tensor([0.98, 0.83, 0.90])
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        picked = pick_in_window(scores, indices, positive_sim, (10, 20), 0.05, gen)
+        assert picked[1] == -1
+        rank2 = (picked[2] - 2) % 60
+        assert 15 <= rank2 < 20  # 1 - r/100 <= 0.85  <=>  r >= 15
+        assert 10 <= (picked[0] - 0) % 60 < 20
+
+
+def test_refresh_cadence_and_live_negatives(tiny_encoder, tmp_path):
+    miner = MinedIndex(corpus=_corpus(tmp_path), refresh_every=3, sample_size=None, ranks=(1, 4))
+    batch = _unsup_batch(tiny_encoder)
+    anchors = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4])
+    assert miner.extra_negatives(anchors, {"anchor": anchors}) is None  # no encoder seen yet
+    built = []
+    for _ in range(8):
+        miner.after_optimizer_step(tiny_encoder, batch)
+        built.append(int(miner.built_at))
+    assert built == [1, 1, 1, 4, 4, 4, 7, 7]  # after step 1, then every 3 steps
+    assert miner.index_embeddings.shape == (len(SENTENCES), 32)
+    assert sorted(miner.index_rows.tolist()) == list(range(len(SENTENCES)))
+    # The index holds the model's own (eval-mode) training embeddings of the corpus rows.
+    tiny_encoder.eval()
+    row = int(miner.index_rows[0])
+    ids = tiny_encoder.tokenizer([SENTENCES[row]], return_tensors="pt")
+    direct = F.normalize(tiny_encoder(ids["input_ids"], ids["attention_mask"]), dim=-1)
+    assert torch.allclose(miner.index_embeddings[0], direct[0], atol=1e-5)
+    # Mined negatives are live: a loss on them sends gradient into the encoder.
+    tiny_encoder.train()
+    tiny_encoder.zero_grad()
+    anchors = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4])
+    negatives = miner.extra_negatives(anchors, {"anchor": anchors})
+    assert negatives is not None and negatives.embeddings.shape == (4, 32)
+    assert negatives.embeddings.requires_grad and not negatives.aligned
+    # (a plain sum would be ~0 by construction: BERT's last LayerNorm output sums to beta)
+    weights = torch.randn(negatives.embeddings.shape, generator=torch.Generator().manual_seed(0))
+    (negatives.embeddings * weights).sum().backward()
+    assert tiny_encoder.transformer.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_state_round_trips_through_a_fresh_miner(tiny_encoder, tmp_path):
+    miner = MinedIndex(corpus=_corpus(tmp_path), refresh_every=2, sample_size=8, ranks=(1, 4))
+    miner.after_optimizer_step(tiny_encoder, _unsup_batch(tiny_encoder))
+    fresh = MinedIndex(corpus=_corpus(tmp_path), refresh_every=2, sample_size=8, ranks=(1, 4))
+    fresh.load_state_dict(miner.state_dict())
+    assert torch.equal(fresh.index_embeddings, miner.index_embeddings)
+    assert torch.equal(fresh.index_rows, miner.index_rows) and int(fresh.steps) == 1
+
+
+def test_bad_settings_are_one_clear_line(tiny_encoder):
+    with pytest.raises(ConfigError, match=r"negative_mining.ranks=\[50, 10\]"):
+        MinedIndex(ranks=[50, 10])
+    with pytest.raises(ConfigError, match="negative_mining.corpus is not set"):
+        MinedIndex().after_optimizer_step(tiny_encoder, None)
+
+
+def test_three_training_steps(tmp_path):
+    from .test_train import _run_tiny
+
+    tracker, components = _run_tiny(
+        tmp_path,
+        [
+            "negative_mining=mined_index",
+            "objective=simcse_unsup",
+            "negative_mining.refresh_every=2",
+            "negative_mining.sample_size=256",
+            "trainer.max_steps=3",
+        ],
+    )
+    miner = components.objective.miner
+    losses = tracker.series("train/loss")
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert int(miner.steps) == 3 and int(miner.built_at) == 3  # built after steps 1 and 3
+    assert miner.index_embeddings.shape == (256, 32)
+    assert miner.last_mined > 0  # steps 2 and 3 trained with mined negatives
