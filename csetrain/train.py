@@ -128,6 +128,10 @@ def build(
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile)
     objective = build_objective(cfg).to(runtime.device)
     objective.bind(encoder)  # before any step or resume: momentum copies start from these weights
+    if trainer.grad_cache.chunk_size and not objective.supports_grad_cache:
+        raise ConfigError(
+            f"{type(objective).__name__} does not support GradCache: set trainer.grad_cache.chunk_size=0"
+        )
     corpus = instantiate(cfg.data).load()
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)

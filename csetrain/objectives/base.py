@@ -26,6 +26,9 @@ class Objective(nn.Module):
 
     data_fields: tuple[str, ...] = ("anchor",)
     augmented_positive: bool = False
+    # GradCache re-runs the encoder on chunks of the batch rows and calls `loss` once; objectives
+    # whose `embed` does more than one plain forward (extra views, all layers) opt out.
+    supports_grad_cache: bool = True
 
     def __init__(
         self, miner: NegativeMiner | None = None, regularizers: dict | None = None

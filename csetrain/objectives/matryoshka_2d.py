@@ -67,6 +67,7 @@ class Matryoshka2D(Objective):
 
     data_fields = ("anchor",)
     augmented_positive = True
+    supports_grad_cache = False  # its embed runs more than one plain forward
 
     def __init__(
         self,

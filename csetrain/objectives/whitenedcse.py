@@ -75,6 +75,7 @@ class WhitenedCSE(Objective):
 
     data_fields = ("anchor",)
     augmented_positive = True
+    supports_grad_cache = False  # its embed runs more than one plain forward
 
     def __init__(
         self,
