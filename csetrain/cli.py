@@ -132,7 +132,10 @@ def run_command(command: str, config_name: str, args: list[str], job, json_out: 
         from csetrain.config import ConfigError, validate_settings
 
         try:
-            validate_settings(cfg)
+            settings = validate_settings(cfg)
+            from csetrain.train import check_writable  # Hydra creates the run dir first
+
+            check_writable(Path(settings["paths"].output_dir))
         except ConfigError as err:
             fail(str(err))
     rank = int(os.environ.get("RANK", "0"))

@@ -67,6 +67,7 @@ BAD_INPUTS = [
     (["paths.data_dir=/no/such/dir"], "data directory /no/such/dir does not exist"),
     (["data.files=[missing.txt]"], "corpus file not found"),
     (["objective=simcse_sup"], "needs data fields ['positive', 'hard_negative']"),
+    (["paths.output_dir=/dev/null/x"], "cannot write to /dev/null/x"),
 ]
 
 
