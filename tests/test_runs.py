@@ -19,11 +19,9 @@ from csetrain.train import run_training
 from .test_config import _compose
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("runs")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    summaries = [
+def make_two_runs(tmp, uri):
+    """Two tiny runs in `uri` that differ only in learning rate (names csetrain-lr-<lr>)."""
+    return [
         run_training(
             _compose(
                 [
@@ -36,13 +34,20 @@ def two_runs(tmp_path_factory):
                     "tracking.log_model=false",
                     f"trainer.lr={lr}",
                     f"tracking.uri={uri}",
+                    f"tracking.run_name=csetrain-lr-{lr}",
                     f"paths.output_dir={tmp}/out",
                 ]
             )
         )
         for lr in ("1e-5", "5e-3")
     ]
-    return uri, summaries
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    return uri, make_two_runs(tmp, uri)
 
 
 def _cli(*args):

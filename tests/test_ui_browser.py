@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 
 from csetrain.runs import ui_compare_link
-from csetrain.train import run_training
 
-from .test_config import _compose
-from .test_runs import _free_port
+from .test_runs import _free_port, make_two_runs
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -49,26 +47,7 @@ def served_runs(tmp_path_factory):
     pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
     tmp = tmp_path_factory.mktemp("ui")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    runs = [
-        run_training(
-            _compose(
-                [
-                    "experiment=demo",
-                    "model=tiny",
-                    "trainer.max_steps=2",
-                    "trainer.eval_every=2",
-                    "trainer.batch_size=8",
-                    "trainer.progress=false",
-                    "tracking.log_model=false",
-                    f"trainer.lr={lr}",
-                    f"tracking.uri={uri}",
-                    f"tracking.run_name=csetrain-lr-{lr}",
-                    f"paths.output_dir={tmp}/out",
-                ]
-            )
-        )
-        for lr in ("1e-5", "5e-3")
-    ]
+    runs = make_two_runs(tmp, uri)
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "csetrain.cli", "ui", "--store", uri, "--port", str(port)],

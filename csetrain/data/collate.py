@@ -36,8 +36,12 @@ class Batch:
         if self.size % world:
             raise ValueError(f"batch of {self.size} does not split over {world} ranks")
         b = self.size // world
-        rows = torch.cat([torch.arange(f * self.size + rank * b, f * self.size + (rank + 1) * b)
-                          for f in range(len(self.fields))])
+        rows = torch.cat(
+            [
+                torch.arange(f * self.size + rank * b, f * self.size + (rank + 1) * b)
+                for f in range(len(self.fields))
+            ]
+        )
         mask = self.attention_mask[rows]
         width = int(mask.sum(1).max())  # this shard's own padding only
         return Batch(self.input_ids[rows, :width], mask[:, :width], self.fields, b)
