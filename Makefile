@@ -44,8 +44,10 @@ format: install  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format csetrain tests scripts
 	$(BIN)/ruff check --fix csetrain tests scripts
 
-bench: install  ## speed benchmarks against peers (scripts/bench_*.py)
-	@for script in scripts/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+bench: install  ## CPU speed benchmarks against sentence-transformers and mteb (GPU: scripts/bench_gpu.sh)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_eval.py
 
 clean:  ## remove outputs/ (runs, MLflow store, caches); keeps .venv
 	rm -rf outputs
