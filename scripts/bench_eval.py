@@ -28,10 +28,11 @@ import importlib.util
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import print_table, spawn  # scripts/ is on sys.path when run
 
 # csetrain task -> mteb task name
 TASKS = {
@@ -46,7 +47,6 @@ TASKS = {
 YEARS = ("sts12", "sts13", "sts14", "sts15", "sts16")
 TOLERANCE = 0.01  # Spearman x100
 VARIANTS = ("csetrain", "mteb")
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -184,34 +184,6 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def spawn(variant: str, argv: list[str], threads: int) -> dict:
-    """Run `variant` in a fresh interpreter; its stderr is shown only if it fails."""
-    env = {**os.environ, **OFFLINE_ENV}
-    env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, *argv, "--variant", variant],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-6000:])
-        raise SystemExit(f"variant {variant} failed with exit code {proc.returncode}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - started
-    return result
-
-
-def print_table(columns: tuple[str, ...], rows: dict[str, tuple[str, ...]]) -> None:
-    """Right-aligned columns, each as wide as its widest cell."""
-    first = max(map(len, rows)) + 2
-    widths = [max(len(c), *(len(r[i]) for r in rows.values())) + 2 for i, c in enumerate(columns)]
-    print(" " * first + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
-    for name, cells in rows.items():
-        print(f"{name:<{first}}" + "".join(f"{v:>{w}}" for v, w in zip(cells, widths)))
-
-
 def report_scores(ours: dict, theirs: dict, args: argparse.Namespace) -> bool:
     """Print the scores side by side; True if every task agrees within TOLERANCE."""
     print(
@@ -272,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if importlib.util.find_spec("mteb") is None:
         raise SystemExit("bench_eval.py needs mteb: pip install -e '.[bench]'")
-    ours, theirs = (spawn(v, argv, args.threads) for v in VARIANTS)
+    ours, theirs = (spawn(__file__, v, argv, args.threads) for v in VARIANTS)
     agree = report_scores(ours, theirs, args)
     report_times(ours, theirs)
     if args.json:

@@ -34,17 +34,17 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchlib import print_table, spawn  # scripts/ is on sys.path when run
+
 VARIANTS = ("csetrain", "sentence-transformers", "plain")
 BASELINE = "sentence-transformers"
 LR, TEMPERATURE, MAX_GRAD_NORM, SEED = 3e-5, 0.05, 1.0, 42
 CORPUS = "wiki/wiki1m_head.txt"
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -306,34 +306,6 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
     }
 
 
-def spawn(variant: str, argv: list[str], threads: int) -> dict:
-    """Run `variant` in a fresh interpreter; its stderr is shown only if it fails."""
-    env = {**os.environ, **OFFLINE_ENV}
-    env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
-    started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, *argv, "--variant", variant],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-6000:])
-        raise SystemExit(f"variant {variant} failed with exit code {proc.returncode}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - started
-    return result
-
-
-def print_table(columns: tuple[str, ...], rows: dict[str, tuple[str, ...]]) -> None:
-    """Right-aligned columns, each as wide as its widest cell."""
-    first = max(map(len, rows)) + 2
-    widths = [max(len(c), *(len(r[i]) for r in rows.values())) + 2 for i, c in enumerate(columns)]
-    print(" " * first + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
-    for name, cells in rows.items():
-        print(f"{name:<{first}}" + "".join(f"{v:>{w}}" for v, w in zip(cells, widths)))
-
-
 def report(results: list[dict], args: argparse.Namespace) -> None:
     base = next(r for r in results if r["variant"] == BASELINE)
     print(
@@ -382,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {v: [] for v in VARIANTS}
     for _ in range(args.rounds):  # round-robin, so load changes on a shared machine hit all
         for variant in VARIANTS:
-            runs[variant].append(spawn(variant, argv, args.threads))
+            runs[variant].append(spawn(__file__, variant, argv, args.threads))
     results = [summarize(runs[v], args) for v in VARIANTS]
     report(results, args)
     if args.json:

@@ -1,0 +1,40 @@
+"""Shared by scripts/bench_*.py: run a variant in a fresh interpreter, print a results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def spawn(script: str, variant: str, argv: list[str], threads: int) -> dict:
+    """Run `script --variant variant` in a fresh interpreter (own imports, threads and peak
+    memory); returns the JSON object on its last stdout line; stderr is shown only on failure."""
+    env = {**os.environ, **OFFLINE_ENV}
+    env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, script, *argv, "--variant", variant],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-6000:])
+        raise SystemExit(f"variant {variant} failed with exit code {proc.returncode}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def print_table(columns: tuple[str, ...], rows: dict[str, tuple[str, ...]]) -> None:
+    """Right-aligned columns, each as wide as its widest cell."""
+    first = max(map(len, rows)) + 2
+    widths = [max(len(c), *(len(r[i]) for r in rows.values())) + 2 for i, c in enumerate(columns)]
+    print(" " * first + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
+    for name, cells in rows.items():
+        print(f"{name:<{first}}" + "".join(f"{v:>{w}}" for v, w in zip(cells, widths)))
