@@ -19,6 +19,8 @@ def data_dir() -> Path:
     """The real data pack: $CSETRAIN_DATA_DIR, else ../shared/data beside the checkout."""
     path = Path(os.environ.get("CSETRAIN_DATA_DIR") or REPO.parent / "shared" / "data")
     if not (path / "sts").is_dir():
+        if os.environ.get("CI"):  # CI always has the data pack: a skip there would hide failures
+            pytest.fail(f"data pack not found at {path}; set CSETRAIN_DATA_DIR")
         pytest.skip(f"data pack not found at {path}; set CSETRAIN_DATA_DIR")
     return path
 
