@@ -58,21 +58,29 @@ class TextLines:
         self.files, self.data_dir, self.name = list(files), data_dir, name
         self.max_length, self.max_sentences = max_length, max_sentences
 
+    what = "corpus file"  # how errors name the files
+
+    def sentences(self, path: Path, rel: str) -> list[str]:
+        """The sentences of one file: its non-blank lines, stripped."""
+        return [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+
+    def select(self, sentences: list[str]) -> list[str]:
+        """All of them, in order (duplicates kept, as wiki1m keeps them)."""
+        return sentences
+
     def load(self) -> Corpus:
         root = resolve_data_dir(self.data_dir)
-        records, checksums = [], {}
+        sentences, checksums = [], {}
         for rel in self.files:
-            path = require_file(root / rel, "corpus file", "data.files")
+            path = require_file(root / rel, self.what, "data.files")
             checksums[rel] = sha256_file(path)
-            records += [
-                {"anchor": line.strip()} for line in _read_text(path).splitlines() if line.strip()
-            ]
-        if self.max_sentences:
-            records = records[: self.max_sentences]
-        if not records:
+            sentences += self.sentences(path, rel)
+        sentences = self.select(sentences)[: self.max_sentences or None]
+        if not sentences:
             raise ConfigError(
                 f"corpus {self.files} under {root} has no non-blank lines: point data.files at real text"
             )
+        records = [{"anchor": s} for s in sentences]
         return Corpus(self.name, records, self.fields, checksums, self.max_length)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from csetrain.config import ConfigError, require_file, resolve_data_dir
-from csetrain.data.sources import Corpus, sha256_file
+from pathlib import Path
+
+from csetrain.data.sources import TextLines
 
 
-class STSSentences:
+class STSSentences(TextLines):
     """The distinct sentences of `score<TAB>sentence1<TAB>sentence2` files (no quoting: rows with
     `"` stay intact), in order of first appearance (sentence1 then sentence2 of each row), as
     `anchor` records. Scores are ignored: the corpus is unlabelled text.
@@ -16,7 +17,7 @@ class STSSentences:
     Mirror-BERT's headline runs are).
     """
 
-    fields = ("anchor",)
+    what = "STS pair file"
 
     def __init__(
         self,
@@ -26,25 +27,15 @@ class STSSentences:
         max_length: int = 32,
         max_sentences: int | None = None,
     ):
-        self.files, self.data_dir, self.name = list(files), data_dir, name
-        self.max_length, self.max_sentences = max_length, max_sentences
+        super().__init__(files, data_dir, name, max_length, max_sentences)
 
-    def load(self) -> Corpus:
+    def sentences(self, path: Path, rel: str) -> list[str]:
+        """sentence1 then sentence2 of each row (the STS reader: no CSV quoting)."""
         from csetrain.eval.sts import read_pairs  # the one reader of the STS file format
 
-        root = resolve_data_dir(self.data_dir)
-        sentences, checksums = [], {}
-        for rel in self.files:
-            path = require_file(root / rel, "STS pair file", "data.files")
-            checksums[rel] = sha256_file(path)
-            pairs = read_pairs(path, rel)
-            sentences += [s for pair in zip(pairs.first, pairs.second) for s in pair]
-        unique = [s for s in dict.fromkeys(sentences) if s.strip()]
-        if self.max_sentences:
-            unique = unique[: self.max_sentences]
-        if not unique:
-            raise ConfigError(
-                f"{self.files} under {root} hold no sentences: point data.files at STS pair files"
-            )
-        records = [{"anchor": s} for s in unique]
-        return Corpus(self.name, records, self.fields, checksums, self.max_length)
+        pairs = read_pairs(path, rel)
+        return [s for pair in zip(pairs.first, pairs.second) for s in pair]
+
+    def select(self, sentences: list[str]) -> list[str]:
+        """Distinct non-blank sentences, in order of first appearance."""
+        return [s for s in dict.fromkeys(sentences) if s.strip()]
