@@ -1,15 +1,13 @@
 """Faults and bad input: each gives one line naming the file/key and the fix, a non-zero exit,
 and leaves nothing half-written."""
 
-import subprocess
-import sys
-
 import pytest
 
 from csetrain.config import ConfigError
 from csetrain.loop import TrainingDiverged
 from csetrain.train import check_writable, run_training
 
+from .helpers import csetrain_cli
 from .test_config import _compose
 
 
@@ -73,10 +71,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message):
-    cmd = [
-        sys.executable,
-        "-m",
-        "csetrain.cli",
+    proc = csetrain_cli(  # a later key wins: the overrides come last
         "train",
         "experiment=demo",
         "model=tiny",
@@ -84,8 +79,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message):
         "trainer.max_steps=1",
         f"paths.output_dir={tmp_path}/out",
         *overrides,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-1500:]

@@ -1,23 +1,19 @@
 """hparams_search=optuna: an Optuna study as a Hydra multirun, maximising the dev metric that
 run_training returns, every trial a child of one parent MLflow run; the SLURM preset composes."""
 
-import subprocess
-import sys
-
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 from csetrain.config import config_dir, register_resolvers
 
+from .helpers import csetrain_cli
+
 
 def test_optuna_study_runs_trials_as_child_runs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs csetrain[sweep]")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "csetrain.cli",
+    args = [
         "train",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
@@ -31,7 +27,7 @@ def test_optuna_study_runs_trials_as_child_runs(tmp_path):
         f"tracking.uri={uri}",
         f"paths.output_dir={tmp_path}/out",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = csetrain_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])

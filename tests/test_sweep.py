@@ -1,17 +1,13 @@
 """A sweep through the CLI: parent/child MLflow runs, a failing job recorded FAILED while the
 others finish, and a re-run that only executes what is missing."""
 
-import subprocess
-import sys
-
 from mlflow import MlflowClient
+
+from .helpers import csetrain_cli
 
 
 def _sweep(tmp_path, values):
-    cmd = [
-        sys.executable,
-        "-m",
-        "csetrain.cli",
+    args = [
         "train",
         "-m",
         "experiment=demo",
@@ -24,7 +20,7 @@ def _sweep(tmp_path, values):
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         f"paths.output_dir={tmp_path}/out",
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return csetrain_cli(*args, cwd=tmp_path)
 
 
 def test_sweep_parent_children_failure_and_resume(tmp_path):

@@ -27,21 +27,8 @@ def _free_port() -> int:
 
 def _server(store: str, port: int) -> subprocess.Popen:
     pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            store,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
+    proc = subprocess.Popen(  # the product's own `csetrain ui` (it execs the MLflow server)
+        [sys.executable, "-m", "csetrain.cli", "ui", "--store", store, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the server forks workers

@@ -2,8 +2,6 @@
 a real MLflow store with the exported model reloaded by sentence-transformers."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from csetrain.loop import fit
 from csetrain.tracking import NullTracker
 from csetrain.train import build
 
+from .helpers import csetrain_cli
 from .test_config import _compose
 
 # First five training losses of the tiny model on the bundled sample (seed 42, batch 8), recorded
@@ -95,10 +94,7 @@ def test_best_checkpoint_is_the_best_dev_step(tmp_path):
 
 def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "csetrain.cli",
+    proc = csetrain_cli(
         "train",
         "experiment=demo",
         "model=tiny",
@@ -109,8 +105,7 @@ def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
         f"tracking.uri={uri}",
         f"paths.output_dir={tmp_path}/out",
         "--json",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "test/senteval/stsb/spearman" in metrics
@@ -151,18 +146,14 @@ def metrics_run_dir(run):
 
 def test_cli_failure_marks_run_failed(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = [
-        sys.executable,
-        "-m",
-        "csetrain.cli",
+    proc = csetrain_cli(
         "train",
         "experiment=demo",
         "model=tiny",
         "data.files=[missing.txt]",
         f"tracking.uri={uri}",
         f"paths.output_dir={tmp_path}/out",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: corpus file not found")
     from mlflow import MlflowClient
