@@ -127,7 +127,6 @@ def build(
     runtime = Runtime(trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile)
     objective = build_objective(cfg).to(runtime.device)
-    objective.bind(encoder)  # before any step or resume: momentum copies start from these weights
     if trainer.grad_cache.chunk_size and not objective.supports_grad_cache:
         raise ConfigError(
             f"{type(objective).__name__} does not support GradCache: set trainer.grad_cache.chunk_size=0"
@@ -135,6 +134,10 @@ def build(
     corpus = instantiate(cfg.data).load()
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)
+    # Before the optimizer and any resume: momentum copies start from these weights, heads the
+    # binding creates get optimized, corpus-reading miners take the tokenized rows.
+    objective.bind(encoder, dataset)
+    objective.to(runtime.device)
     tokenizer = encoder.tokenizer
     collator = Collator(
         data_fields=objective.data_fields

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from csetrain.config import ConfigError
+from csetrain.data.cache import tokenized_dataset
 from csetrain.data.sources import TextLines
 from csetrain.negatives.mined_index import MinedIndex, nearest_neighbours, pick_in_window
 
@@ -29,9 +30,12 @@ SENTENCES = [
 ]
 
 
-def _corpus(tmp_path, lines=SENTENCES):
+def _bound(miner, encoder, tmp_path, lines=SENTENCES):
+    """The miner bound as train.py binds it: to the encoder and the tokenized corpus."""
     (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
-    return TextLines(files=["corpus.txt"], data_dir=str(tmp_path), name="t")
+    corpus = TextLines(files=["corpus.txt"], data_dir=str(tmp_path), name="t").load()
+    miner.bind(encoder, tokenized_dataset(corpus, encoder.tokenizer, tmp_path / "cache"))
+    return miner
 
 
 def test_index_returns_the_true_nearest_neighbours():
@@ -86,15 +90,19 @@ def test_false_negatives_above_the_margin_are_dropped():
 
 
 def test_refresh_cadence_and_live_negatives(tiny_encoder, tmp_path):
-    miner = MinedIndex(corpus=_corpus(tmp_path), refresh_every=3, sample_size=None, ranks=(1, 4))
+    miner = MinedIndex(refresh_every=3, sample_size=None, ranks=(1, 4))
     batch = _unsup_batch(tiny_encoder)
     anchors = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4])
-    assert miner.extra_negatives(anchors, {"anchor": anchors}) is None  # no encoder seen yet
-    built = []
-    for _ in range(8):
+    with pytest.raises(ConfigError, match="was not bound"):
+        miner.extra_negatives(anchors, {"anchor": anchors})
+    _bound(miner, tiny_encoder, tmp_path)
+    assert int(miner.built_at) == -1  # built lazily: a resume restores its saved index instead
+    assert miner.extra_negatives(anchors.detach(), {"anchor": anchors}) is not None  # step 1
+    built = [int(miner.built_at)]
+    for _ in range(7):
         miner.after_optimizer_step(tiny_encoder, batch)
         built.append(int(miner.built_at))
-    assert built == [1, 1, 1, 4, 4, 4, 7, 7]  # after step 1, then every 3 steps
+    assert built == [0, 0, 0, 3, 3, 3, 6, 6]  # before step 1, then after every 3 steps
     assert miner.index_embeddings.shape == (len(SENTENCES), 32)
     assert sorted(miner.index_rows.tolist()) == list(range(len(SENTENCES)))
     # The index holds the model's own (eval-mode) training embeddings of the corpus rows.
@@ -117,9 +125,9 @@ def test_refresh_cadence_and_live_negatives(tiny_encoder, tmp_path):
 
 
 def test_state_round_trips_through_a_fresh_miner(tiny_encoder, tmp_path):
-    miner = MinedIndex(corpus=_corpus(tmp_path), refresh_every=2, sample_size=8, ranks=(1, 4))
+    miner = _bound(MinedIndex(refresh_every=1, sample_size=8, ranks=(1, 4)), tiny_encoder, tmp_path)
     miner.after_optimizer_step(tiny_encoder, _unsup_batch(tiny_encoder))
-    fresh = MinedIndex(corpus=_corpus(tmp_path), refresh_every=2, sample_size=8, ranks=(1, 4))
+    fresh = _bound(MinedIndex(refresh_every=1, sample_size=8, ranks=(1, 4)), tiny_encoder, tmp_path)
     fresh.load_state_dict(miner.state_dict())
     assert torch.equal(fresh.index_embeddings, miner.index_embeddings)
     assert torch.equal(fresh.index_rows, miner.index_rows) and int(fresh.steps) == 1
@@ -128,8 +136,8 @@ def test_state_round_trips_through_a_fresh_miner(tiny_encoder, tmp_path):
 def test_bad_settings_are_one_clear_line(tiny_encoder):
     with pytest.raises(ConfigError, match=r"negative_mining.ranks=\[50, 10\]"):
         MinedIndex(ranks=[50, 10])
-    with pytest.raises(ConfigError, match="negative_mining.corpus is not set"):
-        MinedIndex().after_optimizer_step(tiny_encoder, None)
+    with pytest.raises(ConfigError, match="needs the tokenized training corpus"):
+        MinedIndex().bind(tiny_encoder, None)
 
 
 def test_three_training_steps(tmp_path):
@@ -148,6 +156,6 @@ def test_three_training_steps(tmp_path):
     miner = components.objective.miner
     losses = tracker.series("train/loss")
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    assert int(miner.steps) == 3 and int(miner.built_at) == 3  # built after steps 1 and 3
+    assert int(miner.steps) == 3 and int(miner.built_at) == 2  # built before step 1, after step 2
     assert miner.index_embeddings.shape == (256, 32)
-    assert miner.last_mined > 0  # steps 2 and 3 trained with mined negatives
+    assert miner.last_mined > 0  # every step trained with mined negatives

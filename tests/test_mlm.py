@@ -62,7 +62,8 @@ def _unweighted(mlm, encoder, batch):
 
 
 def test_loss_is_finite_and_training_lowers_it(tiny_encoder):
-    mlm = MLM(model=SentenceEncoder(tiny(), pooler="cls"), mlm_weight=0.1)
+    mlm = MLM(mlm_weight=0.1)
+    mlm.bind(tiny_encoder)
     assert not mlm.loaded_pretrained  # a random config: fresh head
     batch = _unsup_batch(tiny_encoder)
     tiny_encoder.eval()  # no dropout: the measured loss is a function of the weights only
@@ -93,17 +94,20 @@ def test_pretrained_head_is_loaded_from_the_checkpoint(tmp_path):
     BertForMaskedLM(config).save_pretrained(tmp_path)
     tiny().tokenizer.save_pretrained(tmp_path)
     saved = BertForMaskedLM.from_pretrained(tmp_path).cls.predictions
-    mlm = MLM(model=SentenceEncoder(from_pretrained(str(tmp_path)), pooler="cls"))
+    mlm = MLM()
+    mlm.bind(SentenceEncoder(from_pretrained(str(tmp_path)), pooler="cls"))
     assert mlm.loaded_pretrained
     assert torch.equal(mlm.transform.dense.weight, saved.transform.dense.weight)
     assert torch.equal(mlm.transform.LayerNorm.bias, saved.transform.LayerNorm.bias)
     assert torch.equal(mlm.bias, saved.bias)
-    fresh = MLM(model=SentenceEncoder(from_pretrained(str(tmp_path))), pretrained_head=False)
+    fresh = MLM(pretrained_head=False)
+    fresh.bind(SentenceEncoder(from_pretrained(str(tmp_path))))
     assert not fresh.loaded_pretrained
 
 
 def test_adds_to_an_objective(tiny_encoder):
-    mlm = MLM(model=SentenceEncoder(tiny(), pooler="cls"))
+    mlm = MLM()
+    mlm.bind(tiny_encoder)
     batch = _unsup_batch(tiny_encoder)
     out = SimCSEUnsup(regularizers={"mlm": mlm})(tiny_encoder, batch)
     assert out.metrics["mlm_loss"].item() > 0

@@ -29,9 +29,11 @@ class NegativeMiner(nn.Module):
 
     fields: tuple[str, ...] = ()
 
-    def bind(self, encoder: nn.Module) -> None:
-        """Called once with the online encoder before training (and before a resume loads the
-        state): miners that mirror the encoder (momentum copies) build their modules here."""
+    def bind(self, encoder: nn.Module, dataset=None) -> None:
+        """Called once before training (and before a resume loads the state) with the online
+        encoder and the tokenized training dataset (`<field>_ids` columns): miners that mirror
+        the encoder (momentum copies) build their modules here, miners that index the corpus
+        take its token ids from `dataset` (no second tokenization)."""
 
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
         """Extra candidates for this step's anchors (B, D), or None for in-batch only."""

@@ -71,27 +71,24 @@ class MinedIndex(NegativeMiner):
 
     Fields: none from the data. The index holds `sample_size` corpus sentences (a fresh seeded
     sample at every refresh; null = the whole corpus) embedded by the current model (eval mode,
-    no grad, training embedding = head applied); it is rebuilt after step 1 and then every
-    `refresh_every` steps. Neighbours are searched with the step's (live, detached) anchor
+    no grad, training embedding = head applied). It is built before the first step (so step 1
+    already trains with mined negatives) and rebuilt after every `refresh_every` steps; a resume
+    restores the saved index. Neighbours are searched with the step's (live, detached) anchor
     embeddings; rank 0 is normally the anchor itself, hence a window starting at 10. A candidate
     is dropped as a likely false negative when cos(anchor, candidate) > cos(anchor, positive) -
     `margin` (GISTEmbed's rule with the trained model as its own guide; margin 0 is GISTEmbed's
-    default). `corpus` is the data source (`${data}`): its `anchor` texts, tokenized with the
-    encoder's tokenizer and the data's `max_length`, exactly as the training dataset is.
+    default). The corpus is the training dataset handed to `bind`: its `anchor_ids`, exactly the
+    tokens the training batches use.
 
-    Deviations, all from the miner contract (no core hook gives the miner the encoder before
-    the loss, nor lets it add batch rows): the encoder is remembered (weakly) from the first
-    `after_optimizer_step`, so step 1 -- and the first step after a resume -- trains with
-    in-batch negatives only (like ESimCSE's empty queue at step 1); the negatives run through
-    the encoder in a second forward pass inside `extra_negatives`, so they do not share the
-    batch's padding, are not chunked by GradCache and do not pass through an objective's own
-    embedding path (e.g. WhitenedCSE's whitening). ANCE refreshes the index asynchronously over
-    the whole corpus; here it is synchronous and, by default, a sample.
+    Deviations: the negatives run through the encoder in a second forward pass inside
+    `extra_negatives`, so they do not share the batch's padding, are not chunked by GradCache
+    and do not pass through an objective's own embedding path (e.g. WhitenedCSE's whitening).
+    ANCE refreshes the index asynchronously over the whole corpus; here it is synchronous and,
+    by default, a sample.
     """
 
     def __init__(
         self,
-        corpus=None,
         refresh_every: int = 20,
         sample_size: int | None = 4096,
         ranks: tuple[int, int] | list[int] = (10, 50),
@@ -107,7 +104,7 @@ class MinedIndex(NegativeMiner):
             )
         if refresh_every < 1:
             raise ConfigError(f"negative_mining.refresh_every={refresh_every}: must be >= 1")
-        self.corpus, self.refresh_every, self.sample_size = corpus, refresh_every, sample_size
+        self.refresh_every, self.sample_size = refresh_every, sample_size
         self.ranks, self.margin, self.seed = (lo, hi), margin, seed
         self.encode_batch_size = encode_batch_size
         # Checkpointed state: the index (resized on load) and the step counters.
@@ -115,24 +112,18 @@ class MinedIndex(NegativeMiner):
         self.register_buffer("index_rows", torch.zeros(0, dtype=torch.long))  # (N,) corpus rows
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("built_at", torch.full((), -1, dtype=torch.long))
-        self._encoder = None  # weakref to the live encoder: not a submodule, not in state_dict
-        self._token_ids: list[list[int]] | None = None
+        self._encoder = None  # weakref to the live encoder, set by bind
+        self._token_ids: list[list[int]] = []
         self.last_mined = 0  # negatives used in the latest step (for inspection)
 
     # --- corpus and encoding -------------------------------------------------------------
-    def token_ids(self, encoder: nn.Module) -> list[list[int]]:
-        """The corpus anchors as token ids, tokenized once (training truncation)."""
-        if self._token_ids is None:
-            if self.corpus is None:
-                raise ConfigError(
-                    "negative_mining.corpus is not set: use negative_mining=mined_index (corpus: ${data})"
-                )
-            corpus = self.corpus.load()
-            texts = [record["anchor"] for record in corpus.records]
-            self._token_ids = encoder.tokenizer(
-                texts, truncation=True, max_length=corpus.max_length
-            )["input_ids"]
-        return self._token_ids
+    def bind(self, encoder: nn.Module, dataset=None) -> None:
+        if dataset is None or "anchor_ids" not in dataset.column_names:
+            raise ConfigError(
+                "negative_mining=mined_index needs the tokenized training corpus: bind(encoder, dataset) with an anchor_ids column"
+            )
+        self._encoder = weakref.ref(encoder)  # the live encoder: not a submodule, not saved
+        self._token_ids = dataset["anchor_ids"]
 
     def _encode(self, encoder: nn.Module, rows: list[int]) -> Tensor:
         ids, mask = pad([self._token_ids[r] for r in rows], encoder.tokenizer.pad_token_id)
@@ -141,7 +132,7 @@ class MinedIndex(NegativeMiner):
     @torch.no_grad()
     def refresh(self, encoder: nn.Module) -> None:
         """Re-embed a fresh sample of the corpus with the current model and index it."""
-        corpus_size = len(self.token_ids(encoder))
+        corpus_size = len(self._token_ids)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
         rows = torch.randperm(corpus_size, generator=gen)
         if self.sample_size:
@@ -161,17 +152,21 @@ class MinedIndex(NegativeMiner):
 
     # --- the miner contract ----------------------------------------------------------------
     def after_optimizer_step(self, encoder: nn.Module, batch) -> None:
-        self._encoder = weakref.ref(encoder)
         self.steps += 1
-        if (int(self.steps) - 1) % self.refresh_every == 0:  # after step 1, 1+N, 1+2N, ...
+        if int(self.steps) % self.refresh_every == 0:  # after steps N, 2N, ...
             self.refresh(encoder)
 
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
         encoder = self._encoder() if self._encoder is not None else None
-        if encoder is None or len(self.index_rows) <= self.ranks[0]:
+        if encoder is None:
+            raise ConfigError(
+                "negative_mining=mined_index was not bound: call bind(encoder, dataset) before training"
+            )
+        if int(self.built_at) < 0:  # first step of a fresh run (a resume restores the index)
+            self.refresh(encoder)
+        if len(self.index_rows) <= self.ranks[0]:
             self.last_mined = 0
             return None
-        self.token_ids(encoder)  # after a resume the index is restored but not the token ids
         positions = self.mine(anchors, views.get("positive"))
         keep = positions >= 0
         self.last_mined = int(keep.sum())

@@ -61,7 +61,7 @@ class MomentumQueue(NegativeMiner):
         self.register_buffer("queue", torch.zeros(size, 0))  # (K, D) once bound; newest last
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # valid rows, <= K
 
-    def bind(self, encoder: nn.Module) -> None:
+    def bind(self, encoder: nn.Module, dataset=None) -> None:
         """Create the momentum encoder (a frozen copy of `encoder.transformer`) and size the queue."""
         if self.momentum_encoder is not None:
             return

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from csetrain.data.collate import Batch
+from csetrain.eval.diagnostics import effective_negatives
 from csetrain.losses import hard_negative_offset, info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.negatives.in_batch import InBatch
@@ -70,9 +71,15 @@ class Objective(nn.Module):
             metrics.update({f"{name}/{k}": v for k, v in extra.metrics.items()})
         return ObjectiveOutput(total, metrics)
 
-    def bind(self, encoder: nn.Module) -> None:
-        """Once, before training: let the miner build encoder-shaped state (see NegativeMiner)."""
-        self.miner.bind(encoder)
+    def bind(self, encoder: nn.Module, dataset=None) -> None:
+        """Once, after the training dataset is tokenized and before the optimizer is built or a
+        resume loads the state: the miner and regularizers build encoder-shaped state and
+        parameters (momentum copies, heads) and may read the corpus (`dataset`, the tokenized
+        `datasets.Dataset`). Objectives that need the corpus (clustering, neighbours) extend it."""
+        self.miner.bind(encoder, dataset)
+        for regularizer in self.regularizers.values():
+            if hasattr(regularizer, "bind"):
+                regularizer.bind(encoder, dataset)
 
     def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
         """Upkeep after the weights moved (EMA encoders, queues): delegated to the miner."""
@@ -115,4 +122,12 @@ class InfoNCEObjective(Objective):
             candidates = torch.cat([candidates, more])  # (W*B + M, D)
         targets = first + torch.arange(len(anchors), device=anchors.device)
         loss, logits = info_nce(anchors, candidates, targets, self.temperature, offset)
-        return ObjectiveOutput(loss, {"acc": top1_accuracy(logits.detach(), targets)})
+        logits = logits.detach()
+        return ObjectiveOutput(
+            loss,
+            {
+                "acc": top1_accuracy(logits, targets),
+                # how many negatives the gradient effectively weighs (perplexity of their softmax)
+                "effective_negatives": effective_negatives(logits, targets),
+            },
+        )

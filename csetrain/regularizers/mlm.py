@@ -101,11 +101,8 @@ class MLM(nn.Module):
     bert-base-uncased; `lm_head.*` for RoBERTa) and `pretrained_head` is true; otherwise it is fresh
     (normal(0, initializer_range)); the packaged all-MiniLM-L6-v2 has no MLM head.
 
-    `model` is the same model option as the trained one (`${model}` in the YAML): Hydra builds a
-    second copy once, read here for the sizes, the tokenizer's special/mask ids and the checkpoint
-    path, then dropped. The head's weights must exist before train.py builds the optimizer, and the
-    regularizer only meets the trained encoder in its first forward; an `Objective.setup(encoder)`
-    hook in train.py would remove this extra load.
+    The head is built by `bind(encoder)` (train.py calls it before building the optimizer), from
+    the encoder's own config, tokenizer and checkpoint path: no second copy of the model is loaded.
 
     Deviations from SimCSE's `do_mlm`: SimCSE masks every view (both dropout copies in unsup) and
     builds `lm_head = BertLMPredictionHead(config)` under a name the checkpoint does not use, so its
@@ -115,23 +112,27 @@ class MLM(nn.Module):
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        mlm_weight: float = 0.1,
-        mlm_probability: float = 0.15,
-        pretrained_head: bool = True,
+        self, mlm_weight: float = 0.1, mlm_probability: float = 0.15, pretrained_head: bool = True
     ) -> None:
         super().__init__()
         if not 0.0 < mlm_probability < 1.0:
             raise ConfigError(
                 f"regularizer.mlm.mlm_probability={mlm_probability}: choose in (0, 1)"
             )
-        config, tokenizer = model.transformer.config, model.tokenizer
+        self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
+        self.pretrained_head = pretrained_head
+        self.transform: HeadTransform | None = None  # built by bind (sizes come from the encoder)
+        self.loaded_pretrained = False
+
+    def bind(self, encoder: nn.Module, dataset=None) -> None:
+        """Build the head for `encoder`: its sizes, mask/special ids and any pretrained MLM head."""
+        if self.transform is not None:
+            return
+        config, tokenizer = encoder.transformer.config, encoder.tokenizer
         if tokenizer.mask_token_id is None:
             raise ConfigError(
                 "regularizer.mlm: the model's tokenizer has no mask token; choose a BERT/RoBERTa model"
             )
-        self.mlm_weight, self.mlm_probability = mlm_weight, mlm_probability
         self.mask_id, self.vocab_size = tokenizer.mask_token_id, config.vocab_size
         self.register_buffer(
             "special_ids", torch.tensor(sorted(tokenizer.all_special_ids)), persistent=False
@@ -140,10 +141,11 @@ class MLM(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         nn.init.normal_(self.transform.dense.weight, std=config.initializer_range)
         nn.init.zeros_(self.transform.dense.bias)
-        state = pretrained_head_state(config.name_or_path) if pretrained_head else {}
+        state = pretrained_head_state(config.name_or_path) if self.pretrained_head else {}
         if state:
             self.load_state_dict(state, strict=False)
         self.loaded_pretrained = bool(state)
+        self.to(next(encoder.parameters()).device)
 
     def forward(self, views, batch, encoder) -> ObjectiveOutput:
         ids, mask = field_rows(batch, "anchor")
