@@ -53,10 +53,14 @@ class Runtime:
                 f"trainer.batch_size={cfg.batch_size} (global) must divide by the {self.world} processes"
             )
 
-    def prepare(self, encoder: torch.nn.Module, compile_model: bool) -> torch.nn.Module:
+    def prepare(
+        self, encoder: torch.nn.Module, compile_model: bool, packing: bool = False
+    ) -> torch.nn.Module:
         """Move to the device; `trainer.compile` compiles the transformer in place (state-dict
-        keys unchanged, so checkpoints and exports are the same as uncompiled)."""
+        keys unchanged, so checkpoints and exports are the same as uncompiled);
+        `trainer.packing` runs training forwards on packed rows (modeling/packing.py)."""
         encoder = encoder.to(self.device)
+        encoder.packing = packing
         if compile_model:
             encoder.transformer.compile(dynamic=True)  # batch shapes vary with dynamic padding
         return encoder

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from csetrain.modeling.backbones import Backbone
+from csetrain.modeling.packing import packed_last_hidden_state, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool
 
 HeadMode = Literal["none", "train_only", "always"]
@@ -54,6 +55,8 @@ class SentenceEncoder(nn.Module):
         if dim is not None and not 1 <= dim <= config.hidden_size:
             raise ConfigError(f"model.dim={dim}: choose 1..{config.hidden_size} or null (all)")
         self.layer, self.dim = layer, dim
+        # Training forwards on packed rows (modeling/packing.py); set from trainer.packing.
+        self.packing = False
         self.head = None
         if mlp_head != "none":
             self.head = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh())
@@ -81,6 +84,8 @@ class SentenceEncoder(nn.Module):
     def _hidden_states(
         self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool
     ) -> tuple[Tensor, ...]:
+        if self.packing and self.training and not all_layers and supports_packing(self.transformer):
+            return (packed_last_hidden_state(self.transformer, input_ids, attention_mask),)
         out = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
         )
