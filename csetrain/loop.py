@@ -143,11 +143,7 @@ def fit(c: Components, cfg, start_step: int = 0, resumed: dict | None = None) ->
     with stop_requests() as stop:
         for step in bar:
             rows = token_rows[c.sampler.indices(step)]  # the global batch, sharded per rank
-            batch = (
-                c.collator(rows, step)
-                .shard(c.runtime.rank, c.runtime.world)
-                .to(c.runtime.device, non_blocking=True)
-            )
+            batch = c.runtime.move(c.collator(rows, step).shard(c.runtime.rank, c.runtime.world))
             out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)
             grad_norm = c.runtime.step(c.optimizer, params)
             c.scheduler.step()

@@ -65,6 +65,13 @@ class Runtime:
             encoder.transformer.compile(dynamic=True)  # batch shapes vary with dynamic padding
         return encoder
 
+    def move(self, batch):
+        """A host batch onto the device: pinned and non-blocking on CUDA (the copy overlaps the
+        previous step's kernels); on CPU the batch is used as it is."""
+        if self.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True)
+
     @property
     def is_main(self) -> bool:
         """Rank 0: the only process that logs, evaluates and saves."""
