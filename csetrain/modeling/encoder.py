@@ -5,13 +5,21 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from csetrain.modeling.backbones import Backbone
-from csetrain.modeling.packing import packed_last_hidden_state, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool
 
 HeadMode = Literal["none", "train_only", "always"]
+
+
+@torch.no_grad()
+def _frozen_inference(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """A prefix encoder's inference embedding: eval mode, no gradient, on the inputs' device."""
+    if encoder.device != input_ids.device:
+        encoder.to(input_ids.device)
+    return encoder.eval().inference(input_ids, attention_mask)
 
 
 class SentenceEncoder(nn.Module):
@@ -55,8 +63,9 @@ class SentenceEncoder(nn.Module):
         if dim is not None and not 1 <= dim <= config.hidden_size:
             raise ConfigError(f"model.dim={dim}: choose 1..{config.hidden_size} or null (all)")
         self.layer, self.dim = layer, dim
-        # Training forwards on packed rows (modeling/packing.py); set from trainer.packing.
-        self.packing = False
+        # Frozen encoders whose inference embeddings precede this one's (MCL's stages): a plain
+        # list, so they are never optimised and never in this module's state_dict.
+        self.prefix_encoders: list[SentenceEncoder] = []
         self.head = None
         if mlp_head != "none":
             self.head = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh())
@@ -71,7 +80,7 @@ class SentenceEncoder(nn.Module):
     @property
     def output_dim(self) -> int:
         """Size of the inference embedding."""
-        return self.dim or self.hidden_size
+        return (self.dim or self.hidden_size) + sum(e.output_dim for e in self.prefix_encoders)
 
     @property
     def num_layers(self) -> int:
@@ -84,8 +93,6 @@ class SentenceEncoder(nn.Module):
     def _hidden_states(
         self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool
     ) -> tuple[Tensor, ...]:
-        if self.packing and self.training and not all_layers and supports_packing(self.transformer):
-            return (packed_last_hidden_state(self.transformer, input_ids, attention_mask),)
         out = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
         )
@@ -116,7 +123,12 @@ class SentenceEncoder(nn.Module):
         z = self.pooled(input_ids, attention_mask, self.layer)
         if self.mlp_head == "always":
             z = self.head(z)
-        return z[:, : self.dim] if self.dim else z
+        z = z[:, : self.dim] if self.dim else z
+        if not self.prefix_encoders:
+            return z
+        # Each part unit-normalised: the cosine of the concatenation is the mean of the parts'.
+        parts = [_frozen_inference(e, input_ids, attention_mask) for e in self.prefix_encoders]
+        return torch.cat([F.normalize(p.float(), dim=-1) for p in [*parts, z]], dim=-1)
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""

@@ -5,6 +5,8 @@ so `SentenceTransformer(path)` loads it and gives the same embeddings, without i
 library (~8 s) in the training process. `csetrain.json` adds what we need to rebuild exactly.
 An inference `layer` is exported by keeping only the first `layer` transformer layers; an
 inference `dim` by a final bias-free Dense whose weight is the identity's first `dim` rows.
+Prefix encoders (embeddings concatenated before the model's own) are saved as csetrain folders
+`prefix_<i>/` inside the folder; only csetrain's loader concatenates them.
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ def save_sentence_transformer(
         "source": encoder.source,
         "layer_of_trained_model": encoder.layer,
     }
+    # Encoders whose embeddings precede this one's (MCL's earlier stages): sentence-transformers
+    # has no module for parallel transformers, so they are csetrain folders of their own.
+    for i, prefix in enumerate(encoder.prefix_encoders):
+        save_sentence_transformer(prefix, path / f"prefix_{i}")
+        info.setdefault("prefix_encoders", []).append(f"prefix_{i}")
     _write_json(path / "csetrain.json", {**info, **(metadata or {})})
     return path
 
@@ -171,4 +178,7 @@ def load_sentence_encoder(
     if has_head:
         _load_head(encoder, path / "2_Dense")
     encoder.source = info.get("source", str(path))
+    encoder.prefix_encoders = [
+        load_sentence_encoder(path / p) for p in info.get("prefix_encoders", [])
+    ]
     return encoder

@@ -81,6 +81,12 @@ class Objective(nn.Module):
             if hasattr(regularizer, "bind"):
                 regularizer.bind(encoder, dataset)
 
+    def batch_indices(self, step: int, indices: list[int]) -> list[int]:
+        """The corpus rows of step `step`'s global batch: the sampler's `indices` unless the
+        objective composes its own batches (MCL's one-cluster batches). Must be a pure function
+        of the step and the objective's state, so a resumed run sees the same batches."""
+        return indices
+
     def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
         """Upkeep after the weights moved (EMA encoders, queues): delegated to the miner."""
         self.miner.after_optimizer_step(encoder, batch)
