@@ -62,6 +62,7 @@ class TrainerConfig:
     device: str = "auto"
     num_threads: int = 0  # 0 = torch's default
     compile: bool = False
+    packing: bool = True  # training forwards on packed rows, no padding (modeling/packing.py)
     progress: bool = True
     grad_cache: GradCacheConfig = field(default_factory=GradCacheConfig)
 

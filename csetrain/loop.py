@@ -144,11 +144,7 @@ def fit(c: Components, cfg, start_step: int = 0, resumed: dict | None = None) ->
         for step in bar:
             # the global batch, sharded per rank; an objective may re-draw its rows (MCL)
             rows = token_rows[c.objective.batch_indices(step, c.sampler.indices(step))]
-            batch = (
-                c.collator(rows, step)
-                .shard(c.runtime.rank, c.runtime.world)
-                .to(c.runtime.device, non_blocking=True)
-            )
+            batch = c.runtime.move(c.collator(rows, step).shard(c.runtime.rank, c.runtime.world))
             out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)
             grad_norm = c.runtime.step(c.optimizer, params)
             c.scheduler.step()

@@ -53,13 +53,24 @@ class Runtime:
                 f"trainer.batch_size={cfg.batch_size} (global) must divide by the {self.world} processes"
             )
 
-    def prepare(self, encoder: torch.nn.Module, compile_model: bool) -> torch.nn.Module:
+    def prepare(
+        self, encoder: torch.nn.Module, compile_model: bool, packing: bool = False
+    ) -> torch.nn.Module:
         """Move to the device; `trainer.compile` compiles the transformer in place (state-dict
-        keys unchanged, so checkpoints and exports are the same as uncompiled)."""
+        keys unchanged, so checkpoints and exports are the same as uncompiled);
+        `trainer.packing` runs training forwards on packed rows (modeling/packing.py)."""
         encoder = encoder.to(self.device)
+        encoder.packing = packing
         if compile_model:
             encoder.transformer.compile(dynamic=True)  # batch shapes vary with dynamic padding
         return encoder
+
+    def move(self, batch):
+        """A host batch onto the device: pinned and non-blocking on CUDA (the copy overlaps the
+        previous step's kernels); on CPU the batch is used as it is."""
+        if self.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True)
 
     @property
     def is_main(self) -> bool:
@@ -94,7 +105,10 @@ class Runtime:
         return norm
 
     def optimizer(self, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-        fused = self.device.type == "cuda"  # fused AdamW is a GPU kernel
+        # Fused AdamW: one multi-tensor kernel (CPU since torch 2.4, CUDA) instead of the
+        # per-tensor Python loop torch picks by default off CUDA. On MiniLM's 22.7M parameters
+        # on a 2-core CPU: ~80 ms per step instead of ~480 ms (same updates to ~3e-8).
+        fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 

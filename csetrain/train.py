@@ -125,7 +125,7 @@ def build(
 ) -> tuple[Components, dict[str, str]]:
     trainer = settings["trainer"]
     runtime = Runtime(trainer)
-    encoder = runtime.prepare(instantiate(cfg.model), trainer.compile)
+    encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
     objective = build_objective(cfg).to(runtime.device)
     if trainer.grad_cache.chunk_size and not objective.supports_grad_cache:
         raise ConfigError(

@@ -24,6 +24,10 @@ sentences, so per-step padding differs a little between variants.
 
     python scripts/bench_train.py [--steps 8] [--warmup 2] [--rounds 1] [--batch-size 64]
                                   [--max-length 32] [--threads 2] [--pooler mean|cls] [--json]
+                                  [--skip plain] [--tree LABEL=PATH ...]
+
+`--tree before=/tmp/wt` also times the csetrain of another checkout (`git worktree add /tmp/wt
+<commit>`) in the same round-robin, so an optimisation's before/after is measured side by side.
 """
 
 from __future__ import annotations
@@ -58,7 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pooler", choices=("mean", "cls"), default="mean")
     parser.add_argument("--data-dir", default=os.environ.get("CSETRAIN_DATA_DIR", ""))
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=VARIANTS, help="variants not to run (not ST)"
+    )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="also time csetrain from another checkout (e.g. a git worktree of an older commit), "
+        "as variant csetrain@LABEL: before/after figures side by side in one run",
+    )
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args(argv)
     if not args.data_dir:
         parser.error("set --data-dir or $CSETRAIN_DATA_DIR (the data pack with wiki/)")
@@ -265,7 +280,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        stamps, loss = RUNNERS[args.variant](args, Path(tmp))
+        stamps, loss = RUNNERS[args.variant.split("@")[0]](args, Path(tmp))
     if len(stamps) != total_steps(args) + 1:
         raise SystemExit(f"{args.variant}: timed {len(stamps) - 1} steps, not {total_steps(args)}")
     result = {
@@ -351,11 +366,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if importlib.util.find_spec("accelerate") is None:
         raise SystemExit("bench_train.py needs accelerate: pip install -e '.[bench]'")
-    runs = {v: [] for v in VARIANTS}
+    trees = dict(t.split("=", 1) for t in args.tree)  # label -> checkout whose csetrain is timed
+    variants = [v for v in VARIANTS if v == BASELINE or v not in args.skip]
+    variants += [f"csetrain@{label}" for label in trees]
+    runs = {v: [] for v in variants}
     for _ in range(args.rounds):  # round-robin, so load changes on a shared machine hit all
-        for variant in VARIANTS:
-            runs[variant].append(spawn(__file__, variant, argv, args.threads))
-    results = [summarize(runs[v], args) for v in VARIANTS]
+        for variant in variants:
+            tree = trees.get(variant.partition("@")[2])
+            env = {"PYTHONPATH": str(Path(tree).resolve())} if tree else {}
+            runs[variant].append(spawn(__file__, variant, argv, args.threads, env))
+    results = [summarize(runs[v], args) for v in variants]
     report(results, args)
     if args.json:
         print(json.dumps({"settings": vars(args), "results": results}))

@@ -11,10 +11,12 @@ import time
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def spawn(script: str, variant: str, argv: list[str], threads: int) -> dict:
+def spawn(
+    script: str, variant: str, argv: list[str], threads: int, extra_env: dict | None = None
+) -> dict:
     """Run `script --variant variant` in a fresh interpreter (own imports, threads and peak
     memory); returns the JSON object on its last stdout line; stderr is shown only on failure."""
-    env = {**os.environ, **OFFLINE_ENV}
+    env = {**os.environ, **OFFLINE_ENV, **(extra_env or {})}
     env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     started = time.perf_counter()
     proc = subprocess.run(

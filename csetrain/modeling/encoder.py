@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from csetrain.modeling.backbones import Backbone
+from csetrain.modeling.packing import packed_last_hidden_state, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool
 
 HeadMode = Literal["none", "train_only", "always"]
@@ -66,6 +67,8 @@ class SentenceEncoder(nn.Module):
         # Frozen encoders whose inference embeddings precede this one's (MCL's stages): a plain
         # list, so they are never optimised and never in this module's state_dict.
         self.prefix_encoders: list[SentenceEncoder] = []
+        # Training forwards on packed rows (modeling/packing.py); set from trainer.packing.
+        self.packing = False
         self.head = None
         if mlp_head != "none":
             self.head = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh())
@@ -93,6 +96,8 @@ class SentenceEncoder(nn.Module):
     def _hidden_states(
         self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool
     ) -> tuple[Tensor, ...]:
+        if self.packing and self.training and not all_layers and supports_packing(self.transformer):
+            return (packed_last_hidden_state(self.transformer, input_ids, attention_mask),)
         out = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
         )

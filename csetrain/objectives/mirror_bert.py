@@ -121,8 +121,13 @@ class MirrorBERT(Objective):
         self._embedded_with_drophead = False
 
     def embed(self, encoder: nn.Module, batch: Batch) -> dict[str, Tensor]:
-        with drop_heads(encoder.transformer, self.drophead):
-            views = super().embed(encoder, batch)
+        # Drophead draws per batch row, so it needs one sentence per row: no packed forward.
+        packing, encoder.packing = encoder.packing, encoder.packing and not self.drophead
+        try:
+            with drop_heads(encoder.transformer, self.drophead):
+                views = super().embed(encoder, batch)
+        finally:
+            encoder.packing = packing
         self._embedded_with_drophead = True
         return views
 
