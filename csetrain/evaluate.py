@@ -10,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from csetrain.checkpoint import write_text_atomic
 from csetrain.config import instantiate, validate_settings
+from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
+from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.runtime import pick_device
 from csetrain.tracking import git_info, make_tracker
 from csetrain.train import TrainSummary, hydra_context, run_name
@@ -27,6 +29,7 @@ def run_evaluation(cfg: DictConfig) -> TrainSummary:
         **git_info(),
         "eval.protocol": str(cfg.eval.protocol),
         "kind": "eval",
+        "run_dir": str(run_dir.resolve()),
     }
     tracker = make_tracker(settings["tracking"], run_name(cfg, overrides), tags, cfg)
     status = "FAILED"
@@ -47,6 +50,9 @@ def run_evaluation(cfg: DictConfig) -> TrainSummary:
         write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         tracker.log_artifact(run_dir / "eval_results.json")
+        if pairs := getattr(result, "pairs", None):  # for `csetrain runs compare`
+            save_pair_scores(pairs, run_dir / PAIR_SCORES)
+            tracker.log_artifact(run_dir / PAIR_SCORES)
         status = "FINISHED"
         return TrainSummary(result.primary, metrics, tracker.run_id, str(run_dir))
     finally:

@@ -16,6 +16,8 @@ from csetrain.checkpoint import Checkpointer, config_hash, find_resumable, write
 from csetrain.config import ConfigError, instantiate, validate_settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
+from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
+from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.loop import Components, Interrupted, fit
 from csetrain.runtime import Runtime, init_distributed, lr_lambda, seed_everything
 from csetrain.tracking import NullTracker, git_info, make_tracker
@@ -321,6 +323,8 @@ def _train_and_test(
         "train_seconds": fitted.train_seconds,
     }
     write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
+    if pairs := getattr(test_result, "pairs", None):  # for `runs compare` and seed statistics
+        save_pair_scores(pairs, run_dir / PAIR_SCORES)
     summary = {"train/seconds": fitted.train_seconds}
     if fitted.history:  # selection summary, for run tables and sweep parents
         summary.update(
@@ -336,7 +340,7 @@ def _train_and_test(
 
 
 def _log_run_files(tracker, run_dir: Path, with_model: bool) -> None:
-    for name in ("config.yaml", "eval_results.json"):
+    for name in ("config.yaml", "eval_results.json", PAIR_SCORES):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_dir / name)
     if (run_dir / ".hydra").is_dir():

@@ -30,6 +30,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from csetrain.config import ConfigError, require_file, resolve_data_dir
+from csetrain.eval.pair_scores import PairScores, TaskPairs
 
 YEARS = ("sts12", "sts13", "sts14", "sts15", "sts16")
 SPLIT_TASKS = ("stsb", "sickr")
@@ -54,6 +55,7 @@ class EvalResult:
     primary: float
     primary_key: str
     details: dict = field(default_factory=dict)
+    pairs: PairScores | None = None  # per-pair cosines, for paired/seed bootstraps
 
     def prefixed(self, stage: str) -> dict[str, float]:
         return {f"{stage}/{k}": v for k, v in self.metrics.items()}
@@ -214,7 +216,7 @@ class STSEvaluator:
         )
         index = {s: i for i, s in enumerate(unique)}
         metrics, details = {}, {"protocol": self.protocol, "split": self.split, "pairs": {}}
-        mains = []
+        mains, pairs = [], PairScores(self.protocol, self.split, {})
         for task, subsets in self.data.items():
             sims = [
                 (vectors[[index[s] for s in p.first]] * vectors[[index[s] for s in p.second]])
@@ -227,10 +229,18 @@ class STSEvaluator:
             metrics.update({f"{self.protocol}/{label}/{k}": v for k, v in scores.items()})
             details["pairs"][label] = sum(len(p.gold) for p in subsets)
             mains.append(main_metric(scores))
+            main = "spearman_all" if "spearman_all" in scores else "spearman"
+            pairs.tasks[label] = TaskPairs(
+                f"{self.protocol}/{label}/{main}",
+                np.concatenate(sims),
+                np.concatenate([p.gold for p in subsets]),
+                [p.name for p in subsets],
+                [len(p.gold) for p in subsets],
+            )
         if len(self.data) > 1:
             metrics[f"{self.protocol}/avg/spearman"] = float(np.mean(mains))
         first = self.label(self.tasks[0])
         key = f"{self.protocol}/{first}/" + (
             "spearman_all" if self.tasks[0] in YEARS else "spearman"
         )
-        return EvalResult(metrics, metrics[key], key, details)
+        return EvalResult(metrics, metrics[key], key, details, pairs)
