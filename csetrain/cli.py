@@ -301,7 +301,7 @@ def _read_runs(uri: str, experiment: str, limit: int = 200) -> list[dict]:
     from csetrain.config import ConfigError
     from csetrain.tracking import read_runs
 
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if not _store_exists(uri):
         fail(f"no MLflow store at {uri}: train something first or pass --uri")
     try:
         return read_runs(uri, experiment, max_results=limit)
@@ -309,11 +309,23 @@ def _read_runs(uri: str, experiment: str, limit: int = 200) -> list[dict]:
         fail(str(err))
 
 
-def _resolve(uri: str, experiment: str, ref: str) -> dict:
-    """A run by id or id prefix (as `runs list` prints it)."""
-    from csetrain.config import ConfigError
-    from csetrain.tracking import read_run
+def _store_exists(uri: str) -> bool:
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
 
+
+def _resolve(uri: str, experiment: str, ref: str) -> dict:
+    """A run by id or id prefix (as `runs list` prints it), or by its run dir."""
+    from csetrain.config import ConfigError
+    from csetrain.tracking import read_run, read_runs
+
+    if Path(ref).is_dir():  # the store's run for that dir if there is one, else its own files
+        from csetrain.runs import local_run
+
+        folder = Path(ref).resolve()
+        logged = (
+            read_runs(uri, experiment, f"tags.run_dir = '{folder}'") if _store_exists(uri) else []
+        )
+        return logged[0] if logged else local_run(folder)
     matches = [r for r in _read_runs(uri, experiment) if r["id"].startswith(ref)]
     if len(matches) == 1:
         return matches[0]
@@ -351,14 +363,25 @@ def runs_compare(
     uri: str = URI,
     experiment: str = EXPERIMENT,
     ui_url: str = typer.Option("http://127.0.0.1:5000", help="Where `csetrain ui` serves."),
+    resamples: int = typer.Option(1000, min=1, help="Bootstrap resamples of the test pairs."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
 ) -> None:
-    """Config and metric differences of two runs (ids or prefixes), and the UI link to the same view."""
-    from csetrain.runs import compare_table, ui_compare_link
+    """Config and metric differences of two runs (ids, prefixes or run dirs), a paired bootstrap
+    test on their per-pair test similarities, and the UI link to the same view."""
+    from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
+    from csetrain.runs import compare_table, pair_scores_for, paired_table, ui_compare_link
 
     quiet_libraries()
     first, second = _resolve(uri, experiment, a), _resolve(uri, experiment, b)
     typer.echo(compare_table(first, second))
-    typer.echo(f"\nMLflow UI: {ui_compare_link(ui_url, first, second)}")
+    pairs = [pair_scores_for(run, uri) for run in (first, second)]
+    if None in pairs:
+        which = " and ".join(n for n, p in zip("AB", pairs) if p is None)
+        typer.echo(f"\npaired bootstrap: skipped ({which} saved no {PAIR_SCORES})")
+    else:
+        typer.echo("\n" + paired_table(*pairs, resamples, seed))
+    if first["experiment_id"] and second["experiment_id"]:
+        typer.echo(f"\nMLflow UI: {ui_compare_link(ui_url, first, second)}")
 
 
 @runs_app.command("best")
@@ -379,6 +402,28 @@ def runs_best(
         json.dumps(best)
         if json_out
         else f"{best['id']}  {metric}={best['metrics'][metric]:.2f}  {best['name']}"
+    )
+
+
+@runs_app.command("baselines")
+def runs_baselines(uri: str = URI, experiment: str = EXPERIMENT) -> None:
+    """Write the papers' published STS tables into the store as reference runs (tag
+    csetrain.reference=true) under our metric keys; running it again adds nothing."""
+    from csetrain.baselines import reference_runs
+    from csetrain.config import TrackingConfig
+    from csetrain.runs import table
+    from csetrain.tracking import write_reference_runs
+
+    quiet_libraries()
+    refs = reference_runs()
+    written = write_reference_runs(TrackingConfig(uri=uri, experiment=experiment), refs)
+    rows = [
+        [ref["tags"]["eval.protocol"], ref["name"].removeprefix("published: "), run_id[:8], what]
+        for ref, (run_id, what) in zip(refs, written)
+    ]
+    typer.echo(table(rows, ["protocol", "reference", "run", ""]))
+    typer.echo(
+        f"experiment '{experiment}' at {uri}: filter with tags.`csetrain.reference` = 'true'"
     )
 
 

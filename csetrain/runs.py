@@ -1,11 +1,16 @@
-"""`csetrain runs list|compare|best`: runs read back from any tracking URI, as terminal tables.
-Reading goes through tracking.py (the only MLflow import); this module only formats."""
+"""`csetrain runs list|compare|best`: runs read back from any tracking URI, as terminal tables,
+and the paired bootstrap of two runs' per-pair similarities (statistics in csetrain/stats.py).
+Reading goes through tracking.py (the only MLflow import); this module reads run dirs, formats."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from pathlib import Path
 from urllib.parse import quote
+
+import numpy as np
 
 DEFAULT_METRICS = (
     "eval/start",
@@ -49,7 +54,14 @@ def list_table(runs: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> 
 
 
 def best_run(runs: list[dict], metric: str) -> dict | None:
-    scored = [r for r in runs if metric in r["metrics"] and r["status"] == "FINISHED"]
+    """Among our own FINISHED runs (published reference runs never win)."""
+    scored = [
+        r
+        for r in runs
+        if metric in r["metrics"]
+        and r["status"] == "FINISHED"
+        and r["tags"].get("csetrain.reference") != "true"
+    ]
     return max(scored, key=lambda r: r["metrics"][metric]) if scored else None
 
 
@@ -88,3 +100,75 @@ def ui_compare_link(ui_url: str, a: dict, b: dict) -> str:
     runs = quote(json.dumps([a["id"], b["id"]]), safe="")
     experiments = quote(json.dumps(sorted({a["experiment_id"], b["experiment_id"]})), safe="")
     return f"{ui_url.rstrip('/')}/#/compare-runs?runs={runs}&experiments={experiments}"
+
+
+def local_run(folder: Path) -> dict:
+    """A run dir as the same dict a store gives (params from config.yaml, test metrics from
+    eval_results.json), for runs that were never logged to a store."""
+    import yaml
+
+    from csetrain.tracking import flatten
+
+    config_file, results_file = folder / "config.yaml", folder / "eval_results.json"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    test = results.get("test", results)  # train writes {"test": {...}}, eval the test part only
+    return {
+        "id": str(folder),
+        "name": folder.name,
+        "status": "LOCAL",
+        "start": folder.stat().st_mtime * 1000,
+        "experiment_id": None,
+        "params": flatten(config or {}),
+        "metrics": {f"test/{k}": v for k, v in test.get("metrics", {}).items()},
+        "tags": {"run_dir": str(folder.resolve())},
+    }
+
+
+def pair_scores_for(run: dict, uri: str | None):
+    """The run's per-pair similarities: from its run dir, else its MLflow artifact; None if it
+    has neither (runs from before they were saved, or eval=mteb, which scores inside mteb)."""
+    from csetrain.eval.pair_scores import FILE_NAME, load_pair_scores
+
+    local = Path(run["tags"].get("run_dir", "")) / FILE_NAME
+    if local.is_file():
+        return load_pair_scores(local)
+    if uri is None or run.get("experiment_id") is None:
+        return None
+    from csetrain.tracking import download_artifact
+
+    with tempfile.TemporaryDirectory() as tmp:
+        found = download_artifact(uri, run["id"], FILE_NAME, Path(tmp))
+        return load_pair_scores(found) if found else None
+
+
+def paired_table(a, b, resamples: int = 1000, seed: int = 0) -> str:
+    """Paired bootstrap of B − A on every task both runs scored on the same pairs (PairScores)."""
+    from csetrain.stats import paired_bootstrap
+
+    if a.protocol != b.protocol:
+        return f"paired bootstrap: skipped (A used protocol {a.protocol}, B {b.protocol})"
+    tasks = [
+        t for t in a.tasks if t in b.tasks and np.array_equal(a.tasks[t].gold, b.tasks[t].gold)
+    ]
+    if not tasks:
+        return "paired bootstrap: skipped (no task was scored on the same pairs in both runs)"
+    results = paired_bootstrap(
+        {t: a.tasks[t].sims for t in tasks},
+        {t: b.tasks[t].sims for t in tasks},
+        {t: a.tasks[t].gold for t in tasks},
+        resamples,
+        seed,
+    )
+    same_tasks = len(tasks) == len(a.tasks) == len(b.tasks)
+    names = {t: a.tasks[t].metric_key for t in tasks}
+    names["avg"] = a.avg_key if same_tasks else "avg over the tasks above"
+    rows = [
+        [names[t], r.a, r.b, r.delta, f"[{r.low:+.2f}, {r.high:+.2f}]", f"{r.p_value:.3f}"]
+        for t, r in results.items()
+    ]
+    title = (
+        f"paired bootstrap over test pairs ({resamples} resamples, seed {seed}): Spearman x100, "
+        "B-A with its 95% percentile interval and two-sided bootstrap p"
+    )
+    return title + "\n" + table(rows, ["metric", "A", "B", "B-A", "95% CI", "p"])

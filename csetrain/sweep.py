@@ -5,6 +5,11 @@ the last; each job's run names the parent (tag `mlflow.parentRunId`), found thro
 environment (same process) or a file in the sweep directory (remote launchers). The parent is
 keyed by the sweep's own overrides, so running the same sweep again reopens it, and jobs whose
 exact config already FINISHED are skipped (train.py), which makes a sweep resumable.
+
+A sweep whose finished children differ only in seeds (`-m trainer.seed=1,2,3`) also gets seed
+statistics on its parent: for each headline test score (per-task Spearman and the average) the
+mean, std (ddof=1) and a 95% bootstrap interval of the mean, as `seeds/<metric>/{mean,std,
+ci_low,ci_high}`, plus `seeds/n` and a table artifact (seeds/seed_statistics.{md,json}).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,8 +52,89 @@ def parent_run_id(sweep_dir: str | None) -> str | None:
     return marker.read_text().strip() if marker and marker.is_file() else None
 
 
+HEADLINE = re.compile(r"^test/[^/]+/[^/]+/(spearman|spearman_all|cosine_spearman)$")
+
+
+def differing_params(runs: list[dict]) -> list[str]:
+    """Config keys whose values are not the same in every run."""
+    keys = set().union(*(r["params"] for r in runs))
+    return sorted(k for k in keys if len({r["params"].get(k) for r in runs}) > 1)
+
+
+def seed_statistics(children: list[dict], uri: str | None, resamples: int = 1000, seed: int = 0):
+    """{metric: SeedSummary} over the FINISHED children, or a string saying why there is none.
+
+    The interval resamples seeds and, when every child saved its per-pair test similarities
+    (pair_scores.npz), test pairs too (csetrain.stats.seed_and_pair_bootstrap): it then covers
+    both training randomness and the finite test set. Without pair data (eval=mteb, older runs)
+    it resamples seeds only (csetrain.stats.seed_bootstrap), which with few seeds is coarse.
+    """
+    from csetrain.stats import seed_bootstrap
+
+    runs = [c for c in children if c["status"] == "FINISHED"]
+    if len(runs) < 2:
+        return f"{len(runs)} finished job(s); seed statistics need 2 or more"
+    other = [k for k in differing_params(runs) if k.rsplit(".", 1)[-1] != "seed"]
+    if other:
+        return f"jobs differ in {', '.join(other[:3])}, not only in seeds"
+    keys = sorted(set.intersection(*({k for k in r["metrics"] if HEADLINE.match(k)} for r in runs)))
+    summaries = _pair_level(runs, uri, resamples, seed)
+    for key in keys:
+        if key not in summaries:
+            values = [r["metrics"][key] for r in runs]
+            summaries[key] = seed_bootstrap(values, resamples, seed)
+    return {k: summaries[k] for k in keys if k in summaries}
+
+
+def _pair_level(runs: list[dict], uri: str | None, resamples: int, seed: int) -> dict:
+    """Two-level summaries keyed by test metric, if every run has the same tasks' pair data."""
+    from csetrain.runs import pair_scores_for
+    from csetrain.stats import seed_and_pair_bootstrap
+
+    scores = [pair_scores_for(r, uri) for r in runs]
+    if None in scores:
+        return {}
+    gold = {t: p.gold for t, p in scores[0].tasks.items()}
+    if any(
+        s.tasks.keys() != gold.keys()
+        or any(not np.array_equal(s.tasks[t].gold, gold[t]) for t in gold)
+        for s in scores
+    ):  # not scored on the same pairs: no shared pair resamples
+        return {}
+    sims = [{t: p.sims for t, p in s.tasks.items()} for s in scores]
+    results = seed_and_pair_bootstrap(sims, gold, resamples, seed)
+    names = {t: f"test/{p.metric_key}" for t, p in scores[0].tasks.items()}
+    names["avg"] = f"test/{scores[0].avg_key}"
+    return {names[t]: summary for t, summary in results.items()}
+
+
+def seed_report(summaries: dict) -> tuple[dict[str, float], str]:
+    """MLflow metrics and a markdown table of the seed statistics."""
+    metrics = {"seeds/n": next(iter(summaries.values())).n}
+    rows = []
+    for key, s in summaries.items():
+        values = {"mean": s.mean, "std": s.std, "ci_low": s.low, "ci_high": s.high}
+        metrics.update({f"seeds/{key}/{name}": v for name, v in values.items() if v == v})
+        cells = [
+            key,
+            s.n,
+            f"{s.mean:.2f}",
+            f"{s.std:.2f}",
+            f"[{s.low:.2f}, {s.high:.2f}]",
+            s.method,
+        ]
+        rows.append("| " + " | ".join(map(str, cells)) + " |")
+    header = ["| metric | seeds | mean | std | 95% CI of the mean | resampled |", "|---" * 6 + "|"]
+    return metrics, "\n".join([*header, *rows]) + "\n"
+
+
 class MlflowSweep(Callback):
-    """Parent run around a multirun (configured in conf/train.yaml `hydra.callbacks`)."""
+    """Parent run around a multirun (configured in conf/train.yaml `hydra.callbacks`);
+    `resamples`/`seed` set the seed-statistics bootstrap
+    (`+hydra.callbacks.mlflow_sweep.resamples=2000`)."""
+
+    def __init__(self, resamples: int = 1000, seed: int = 0) -> None:
+        self.resamples, self.seed = resamples, seed
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         from csetrain.tracking import open_parent_run
@@ -68,8 +156,30 @@ class MlflowSweep(Callback):
         tracking, parent = _tracking(config), os.environ.pop("CSETRAIN_PARENT_RUN_ID", None)
         if tracking is None or parent is None:
             return
-        summary = close_parent_run(tracking, parent)
+        try:
+            self._seed_statistics(tracking, parent, Path(config.hydra.sweep.dir))
+        finally:  # the parent is closed whatever the statistics do
+            summary = close_parent_run(tracking, parent)
         print(
             f"sweep: {summary['sweep/finished']} finished, {summary['sweep/failed']} failed "
             f"of {summary['sweep/jobs']} jobs; parent MLflow run {parent}"
+        )
+
+    def _seed_statistics(self, tracking: TrackingConfig, parent: str, sweep_dir: Path) -> None:
+        from csetrain.tracking import child_runs, log_to_run
+
+        children = child_runs(tracking, parent)
+        summaries = seed_statistics(children, tracking.uri, self.resamples, self.seed)
+        if isinstance(summaries, str):
+            print(f"seed statistics: none ({summaries})")
+            return
+        metrics, markdown = seed_report(summaries)
+        metrics["seeds/not_finished"] = sum(c["status"] != "FINISHED" for c in children)
+        table_md, table_json = sweep_dir / "seed_statistics.md", sweep_dir / "seed_statistics.json"
+        table_md.write_text(markdown)
+        table_json.write_text(json.dumps({k: vars(v) for k, v in summaries.items()}, indent=2))
+        log_to_run(tracking, parent, metrics, [table_md, table_json], "seeds")
+        print(
+            f"seed statistics over {metrics['seeds/n']} finished jobs "
+            f"({metrics['seeds/not_finished']} not finished, not counted; {table_md}):\n{markdown}"
         )

@@ -296,15 +296,55 @@ def open_parent_run(cfg: TrackingConfig, name: str, sweep_key: str, tags: dict[s
     return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
 
+def child_runs(cfg: TrackingConfig, parent_id: str) -> list[dict]:
+    """The runs of a sweep (tag `mlflow.parentRunId`), as plain dicts (see `_as_dict`)."""
+    client, experiment_id = _client_and_experiment(cfg)
+    found = client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000
+    )
+    return [_as_dict(r) for r in found]
+
+
+def _log_batch(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(items), 1000):  # MLflow caps a batch at 1,000 metrics
+        client.log_batch(run_id, metrics=items[start : start + 1000])
+
+
+def log_to_run(
+    cfg: TrackingConfig, run_id: str, metrics: dict[str, float], files=(), artifact_path=None
+) -> None:
+    """Metrics and files added to an existing run (a sweep's parent)."""
+    client, _ = _client_and_experiment(cfg)
+    _log_batch(client, run_id, metrics)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+def download_artifact(uri: str, run_id: str, name: str, dst: Path) -> Path | None:
+    """One artifact file of a run copied under `dst`, or None if the run has none."""
+    from mlflow import MlflowClient
+
+    try:
+        return Path(MlflowClient(tracking_uri=uri).download_artifacts(run_id, name, str(dst)))
+    except Exception:  # no such artifact, or an artifact store this machine cannot read
+        return None
+
+
 def close_parent_run(cfg: TrackingConfig, parent_id: str, selection_key: str = "eval/best") -> dict:
     """Summarise the children on the parent (counts, best selection metric) and finish it."""
-    client, experiment_id = _client_and_experiment(cfg)
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
-    statuses = [c.info.status for c in children]
+    client, _ = _client_and_experiment(cfg)
+    children = child_runs(cfg, parent_id)
+    statuses = [c["status"] for c in children]
     scores = [
-        c.data.metrics[selection_key]
+        c["metrics"][selection_key]
         for c in children
-        if selection_key in c.data.metrics and c.info.status == "FINISHED"
+        if selection_key in c["metrics"] and c["status"] == "FINISHED"
     ]
     summary = {
         "sweep/jobs": len(children),
@@ -313,12 +353,7 @@ def close_parent_run(cfg: TrackingConfig, parent_id: str, selection_key: str = "
     }
     if scores:
         summary["sweep/best"] = max(scores)
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+    _log_batch(client, parent_id, summary)
     client.set_terminated(parent_id, "FINISHED" if summary["sweep/failed"] == 0 else "FAILED")
     return summary
 
@@ -326,6 +361,44 @@ def close_parent_run(cfg: TrackingConfig, parent_id: str, selection_key: str = "
 def find_finished_run(cfg: TrackingConfig, wanted_hash: str):
     """A FINISHED run of exactly this config (tag `config_hash`), newest first, or None."""
     return _newest(cfg, f"tags.config_hash = '{wanted_hash}' and attributes.status = 'FINISHED'")[2]
+
+
+# --- published baselines as reference runs (csetrain runs baselines) ---
+
+REFERENCE_TAG = "csetrain.reference"
+REFERENCE_KEY_TAG = "csetrain.reference_key"
+
+
+def write_reference_runs(cfg: TrackingConfig, references: list[dict]) -> list[tuple[str, str]]:
+    """Each reference ({key, name, tags, metrics}) as one FINISHED run tagged
+    `csetrain.reference=true`, found again by its `csetrain.reference_key` tag: created once,
+    later only its changed metrics/tags are written, so running this twice adds nothing.
+    Returns (run id, "created" | "updated" | "unchanged") per reference."""
+    client, experiment_id = _client_and_experiment(cfg)
+    existing = {
+        r.data.tags.get(REFERENCE_KEY_TAG): r
+        for r in client.search_runs(
+            [experiment_id], f"tags.`{REFERENCE_TAG}` = 'true'", max_results=5000
+        )
+    }
+    outcome = []
+    for ref in references:
+        tags = {**ref["tags"], REFERENCE_TAG: "true", REFERENCE_KEY_TAG: ref["key"]}
+        run = existing.get(ref["key"])
+        if run is None:
+            run_id = client.create_run(experiment_id, run_name=ref["name"], tags=tags).info.run_id
+            _log_batch(client, run_id, ref["metrics"])
+            client.set_terminated(run_id, "FINISHED")
+            outcome.append((run_id, "created"))
+            continue
+        run_id = run.info.run_id
+        metrics = {k: v for k, v in ref["metrics"].items() if run.data.metrics.get(k) != v}
+        changed_tags = {k: v for k, v in tags.items() if run.data.tags.get(k) != v}
+        _log_batch(client, run_id, metrics)
+        for key, value in changed_tags.items():
+            client.set_tag(run_id, key, value)
+        outcome.append((run_id, "updated" if metrics or changed_tags else "unchanged"))
+    return outcome
 
 
 # --- reading runs back (csetrain runs list|compare|best) ---

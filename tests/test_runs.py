@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -80,6 +81,61 @@ def test_runs_best_picks_the_highest_dev_score(two_runs):
     uri, summaries = two_runs
     out = json.loads(_cli("runs", "best", "--uri", uri, "-e", "csetrain-demo", "--json"))
     assert out["id"] == max(summaries, key=lambda s: s.metrics["eval/best"]).run_id
+
+
+def _row(out: str, metric: str) -> list[str]:
+    return next(r for r in out.splitlines() if r.startswith(metric + " ")).split()
+
+
+def test_runs_compare_adds_a_paired_bootstrap_on_the_test_pairs(two_runs):
+    uri, (a, b) = two_runs
+    args = ["--uri", uri, "-e", "csetrain-demo", "--resamples", "300"]
+    out = _cli("runs", "compare", a.run_id[:8], b.run_id[:8], *args)
+    assert "paired bootstrap over test pairs (300 resamples, seed 0)" in out
+    metric, va, vb, delta, low, high, p = _row(
+        out.split("paired bootstrap")[1], "senteval/stsb/spearman"
+    )
+    key = "test/senteval/stsb/spearman"
+    assert float(va) == pytest.approx(a.metrics[key], abs=0.005)  # recomputed from the pairs
+    assert float(vb) == pytest.approx(b.metrics[key], abs=0.005)
+    assert float(delta) == pytest.approx(b.metrics[key] - a.metrics[key], abs=0.01)
+    assert float(low.strip("[,")) <= float(delta) <= float(high.strip("]")) and 0 < float(p) <= 1
+    same = _cli("runs", "compare", a.run_id[:8], a.run_id[:8], *args)
+    assert _row(same.split("paired bootstrap")[1], "senteval/stsb/spearman")[3:] == [
+        "0.00",
+        "[+0.00,",
+        "+0.00]",
+        "1.000",
+    ]
+
+
+def test_runs_compare_takes_run_dirs_and_reads_pairs_from_the_store(two_runs, tmp_path):
+    from csetrain.eval.pair_scores import FILE_NAME
+    from csetrain.runs import pair_scores_for
+    from csetrain.tracking import read_run
+
+    uri, (a, b) = two_runs
+    out = _cli("runs", "compare", a.run_dir, b.run_dir, "--uri", uri, "-e", "csetrain-demo")
+    assert f"A = {a.run_id}" in out and f"B = {b.run_id}" in out and "B-A" in out
+    offline = _cli("runs", "compare", a.run_dir, b.run_dir, "--uri", f"sqlite:///{tmp_path}/x.db")
+    assert f"A = {Path(a.run_dir).resolve()}" in offline and "95% CI" in offline  # files only
+    run = read_run(uri, a.run_id)
+    local = pair_scores_for(run, uri)
+    run["tags"]["run_dir"] = str(tmp_path)  # no file there: the MLflow artifact is used
+    logged = pair_scores_for(run, uri)
+    assert (Path(a.run_dir) / FILE_NAME).is_file()
+    assert (logged.tasks["stsb"].sims == local.tasks["stsb"].sims).all()
+
+
+def test_runs_best_never_picks_a_published_reference(two_runs):
+    uri, summaries = two_runs
+    _cli("runs", "baselines", "--uri", uri, "-e", "csetrain-demo")
+    metric = "test/senteval/stsb/spearman"  # references have it, with higher numbers
+    out = json.loads(
+        _cli("runs", "best", "--uri", uri, "-e", "csetrain-demo", "--metric", metric, "--json")
+    )
+    assert out["id"] in {s.run_id for s in summaries}  # (the two may tie)
+    assert out["metrics"][metric] == max(s.metrics[metric] for s in summaries)
 
 
 def test_runs_on_a_missing_store_is_one_line(tmp_path):
