@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from csetrain.modeling.backbones import Backbone
 from csetrain.modeling.packing import packed_last_hidden_state, supports_packing
-from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool
+from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
 
 HeadMode = Literal["none", "train_only", "always"]
 
@@ -34,6 +34,9 @@ class SentenceEncoder(nn.Module):
     `layer` and `dim` choose the inference embedding (2D Matryoshka models): pool hidden layer
     `layer` (1..L; None = last) and keep its first `dim` coordinates (None = all). Training
     always sees the full model; objectives that need other layers call `pooled_layers`.
+
+    `latent_attention` sizes the trained pooler `pooler=latent_attention` (NV-Embed,
+    csetrain/modeling/latent_attention.py); its layer is `pooling_layer`, part of the model.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class SentenceEncoder(nn.Module):
         mlp_head: HeadMode = "none",
         layer: int | None = None,
         dim: int | None = None,
+        latent_attention: dict | None = None,
     ) -> None:
         super().__init__()
         from csetrain.config import ConfigError
@@ -69,6 +73,7 @@ class SentenceEncoder(nn.Module):
         self.prefix_encoders: list[SentenceEncoder] = []
         # Training forwards on packed rows (modeling/packing.py); set from trainer.packing.
         self.packing = False
+        self.pooling_layer = pooling_layer(pooler, config.hidden_size, latent_attention)
         self.head = None
         if mlp_head != "none":
             self.head = nn.Sequential(nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh())
@@ -109,12 +114,15 @@ class SentenceEncoder(nn.Module):
         states = self._hidden_states(input_ids, attention_mask, all_layers)
         if layer is not None:
             states = states[: layer + 1]  # states[0] is the embedding output
-        return pool(self.pooler, states, attention_mask)
+        return pool(self.pooler, states, attention_mask, self.pooling_layer)
 
     def pooled_layers(self, input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
         """Pooled output of every transformer layer 1..L from one forward: L x (N, D)."""
         states = self._hidden_states(input_ids, attention_mask, all_layers=True)
-        return [pool(self.pooler, states[: k + 1], attention_mask) for k in range(1, len(states))]
+        return [
+            pool(self.pooler, states[: k + 1], attention_mask, self.pooling_layer)
+            for k in range(1, len(states))
+        ]
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, apply_head: bool = True) -> Tensor:
         """Training-time embeddings (last layer, full size, the head if any): (N, L) -> (N, D)."""

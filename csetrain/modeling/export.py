@@ -7,12 +7,20 @@ An inference `layer` is exported by keeping only the first `layer` transformer l
 inference `dim` by a final bias-free Dense whose weight is the identity's first `dim` rows.
 Prefix encoders (embeddings concatenated before the model's own) are saved as csetrain folders
 `prefix_<i>/` inside the folder; only csetrain's loader concatenates them.
+
+`pooler=latent_attention` has no stock sentence-transformers module: it is saved as the custom
+module `1_LatentAttention/` (config.json + model.safetensors) with its source file
+`latent_attention.py` beside modules.json. csetrain reloads it from the weights alone; plain
+sentence-transformers (>= 6) loads it only with `trust_remote_code=True` (it then imports that
+file, which needs torch and safetensors only) and refuses it otherwise.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import from_pretrained
 from csetrain.modeling.encoder import SentenceEncoder
+from csetrain.modeling.latent_attention import LatentAttention
 
 ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens"}
 POOLING_KEYS = (
@@ -34,6 +43,8 @@ ACTIVATIONS = {
     "identity": "torch.nn.modules.linear.Identity",
 }
 DENSE_TYPE = "sentence_transformers.models.Dense"
+LATENT_DIR = "1_LatentAttention"
+LATENT_TYPE = "latent_attention.LatentAttentionPooling"  # the copied source file, then the class
 
 
 def _write_json(path: Path, obj) -> None:
@@ -71,23 +82,14 @@ def save_sentence_transformer(
     encoder: SentenceEncoder, path: str | Path, metadata: dict | None = None
 ) -> Path:
     """Write `encoder`'s inference model as a sentence-transformers folder at `path` (new)."""
-    if encoder.pooler not in ST_POOLING:
+    if encoder.pooler not in ST_POOLING and encoder.pooler != "latent_attention":
         raise ConfigError(
-            f"model.pooler='{encoder.pooler}' has no sentence-transformers equivalent; export supports {sorted(ST_POOLING)}"
+            f"model.pooler='{encoder.pooler}' has no sentence-transformers equivalent; export supports {sorted(ST_POOLING)} and latent_attention"
         )
     path = Path(path)
     _inference_transformer(encoder).save_pretrained(path, safe_serialization=True)
     encoder.tokenizer.save_pretrained(path)
-    modules = [
-        ("", "sentence_transformers.models.Transformer"),
-        ("1_Pooling", "sentence_transformers.models.Pooling"),
-    ]
-    pooling = {
-        "word_embedding_dimension": encoder.hidden_size,
-        **dict.fromkeys(POOLING_KEYS, False),
-    }
-    pooling[ST_POOLING[encoder.pooler]] = True
-    _write_json(path / "1_Pooling" / "config.json", pooling)
+    modules = [("", "sentence_transformers.models.Transformer"), _write_pooling(encoder, path)]
     if encoder.mlp_head == "always":  # a train-only head is not part of the inference model
         modules.append(("2_Dense", DENSE_TYPE))
         _write_dense(path / "2_Dense", encoder.head[0].weight, encoder.head[0].bias, "tanh")
@@ -119,6 +121,32 @@ def save_sentence_transformer(
         info.setdefault("prefix_encoders", []).append(f"prefix_{i}")
     _write_json(path / "csetrain.json", {**info, **(metadata or {})})
     return path
+
+
+def _write_pooling(encoder: SentenceEncoder, path: Path) -> tuple[str, str]:
+    """The pooling module's folder; returns its (folder, type) for modules.json."""
+    if encoder.pooler == "latent_attention":
+        encoder.pooling_layer.save(path / LATENT_DIR)
+        source = Path(inspect.getfile(LatentAttention))
+        shutil.copyfile(source, path / source.name)  # what sentence-transformers imports
+        return LATENT_DIR, LATENT_TYPE
+    pooling = {
+        "word_embedding_dimension": encoder.hidden_size,
+        **dict.fromkeys(POOLING_KEYS, False),
+    }
+    pooling[ST_POOLING[encoder.pooler]] = True
+    _write_json(path / "1_Pooling" / "config.json", pooling)
+    return "1_Pooling", "sentence_transformers.models.Pooling"
+
+
+def _read_latent_attention(path: Path) -> LatentAttention:
+    folder = path / LATENT_DIR
+    try:
+        return LatentAttention.load(folder)
+    except Exception as err:  # missing, corrupt or truncated files
+        raise ConfigError(
+            f"{folder}: cannot load the latent-attention pooler ({err}); re-export the model"
+        ) from None
 
 
 def _read_st_pooling(path: Path) -> str:
@@ -168,13 +196,18 @@ def load_sentence_encoder(
     saved_pooler = info.get("pooler") or (
         _read_st_pooling(path) if (path / "1_Pooling").is_dir() else "cls"
     )
+    pooler = pooler or saved_pooler
+    latent = _read_latent_attention(path) if pooler == "latent_attention" else None
     encoder = SentenceEncoder(
         from_pretrained(str(path), dropout),
-        pooler=pooler or saved_pooler,
+        pooler=pooler,
         mlp_head="always" if has_head else "none",
         layer=layer,
         dim=dim or info.get("dim"),
+        latent_attention=latent.sizes() if latent is not None else None,
     )
+    if latent is not None:
+        encoder.pooling_layer.load_state_dict(latent.state_dict())
     if has_head:
         _load_head(encoder, path / "2_Dense")
     encoder.source = info.get("source", str(path))

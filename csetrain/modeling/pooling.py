@@ -1,13 +1,15 @@
-"""Poolers: token states -> one vector per sentence. A closed, parameter-free choice, so a Literal
-plus a dict beside the implementations (see DESIGN.md §1.3)."""
+"""Poolers: token states -> one vector per sentence. A closed choice, so a Literal plus a dict
+beside the implementations (see DESIGN.md §1.3). The parameter-free ones are functions here; a
+pooler with weights (`latent_attention`, csetrain/modeling/latent_attention.py) is a layer the
+encoder owns, so it is trained, checkpointed and exported with the model."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 
-PoolerName = Literal["cls", "mean", "first_last_avg"]
+PoolerName = Literal["cls", "mean", "first_last_avg", "latent_attention"]
 
 
 def cls_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
@@ -34,19 +36,50 @@ def first_last_avg(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
 
 POOLERS = {"cls": cls_pool, "mean": mean_pool, "first_last_avg": first_last_avg}
 NEEDS_ALL_LAYERS = {"first_last_avg"}
+TRAINED_POOLERS = {"latent_attention"}  # poolers with weights: a layer the encoder owns
 
 
-def pool(name: str, hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
-    """Apply the named pooler; (N, L, D) states -> (N, D)."""
+def pool(
+    name: str, hidden_states: tuple[Tensor, ...], mask: Tensor, layer: nn.Module | None = None
+) -> Tensor:
+    """Apply the named pooler (a trained one through its `layer`); (N, L, D) states -> (N, D)."""
+    if name in TRAINED_POOLERS:
+        if layer is None:
+            raise ValueError(f"pooler '{name}' has weights: pass the encoder's pooling_layer")
+        return layer(hidden_states[-1], mask)
     return POOLERS[name](hidden_states, mask)
 
 
 def check_pooler(name: str) -> str:
-    if name not in POOLERS:
+    if name not in POOLERS and name not in TRAINED_POOLERS:
         from csetrain.config import ConfigError
 
-        raise ConfigError(f"model.pooler='{name}' is unknown: choose one of {sorted(POOLERS)}")
+        choices = sorted(set(POOLERS) | TRAINED_POOLERS)
+        raise ConfigError(f"model.pooler='{name}' is unknown: choose one of {choices}")
     return name
 
 
-__all__ = ["PoolerName", "POOLERS", "pool", "check_pooler"]
+LATENT_ATTENTION_KEYS = ("num_latents", "heads", "dim_head", "mlp_mult")
+
+
+def pooling_layer(name: str, hidden_size: int, settings: dict | None) -> nn.Module | None:
+    """The weights of a trained pooler (None for the parameter-free ones). `settings` are the
+    `model.latent_attention` sizes; missing keys take the paper's values."""
+    if name not in TRAINED_POOLERS:
+        return None
+    from csetrain.config import ConfigError
+    from csetrain.modeling.latent_attention import LatentAttention
+
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(LATENT_ATTENTION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"model.latent_attention has unknown keys {unknown}: use {list(LATENT_ATTENTION_KEYS)}"
+        )
+    for key, value in settings.items():
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"model.latent_attention.{key}={value}: must be a positive integer")
+    return LatentAttention(hidden_size, **{k: v for k, v in settings.items() if v is not None})
+
+
+__all__ = ["PoolerName", "POOLERS", "pool", "check_pooler", "pooling_layer"]

@@ -95,7 +95,8 @@ class MomentumQueue(NegativeMiner):
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
         )
         states = out.hidden_states if all_layers else (out.last_hidden_state,)
-        z = pool(encoder.pooler, states, attention_mask)
+        # the live pooling layer (latent_attention), like the live head below
+        z = pool(encoder.pooler, states, attention_mask, encoder.pooling_layer)
         return encoder.head(z) if encoder.head is not None else z
 
     @torch.no_grad()
