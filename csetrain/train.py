@@ -16,6 +16,7 @@ from csetrain.checkpoint import Checkpointer, config_hash, find_resumable, write
 from csetrain.config import ConfigError, instantiate, validate_settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
+from csetrain.data.sources import load_corpus
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.loop import Components, Interrupted, fit
@@ -133,7 +134,7 @@ def build(
         raise ConfigError(
             f"{type(objective).__name__} does not support GradCache: set trainer.grad_cache.chunk_size=0"
         )
-    corpus = instantiate(cfg.data).load()
+    corpus = load_corpus(cfg.data)  # with the option's instruction, if any
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)
     # Before the optimizer and any resume: momentum copies start from these weights, heads the

@@ -36,6 +36,8 @@ def cache_key(corpus: Corpus, tokenizer) -> str:
         "max_length": corpus.max_length,
         "format": 1,
     }
+    if corpus.instruction:  # the anchors' text changed, the files did not
+        parts["instruction"] = corpus.instruction
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from csetrain.config import ConfigError, require_file, resolve_data_dir
+from csetrain.config import ConfigError, instantiate, require_file, resolve_data_dir
 
 NLI_COLUMNS = {"sent0": "anchor", "sent1": "positive", "hard_neg": "hard_negative"}
+# NV-Embed's query template (arXiv 2405.17428, §3.3): the task definition, then the query.
+INSTRUCTION_TEMPLATE = "Instruct: {task}\nQuery: "
 
 
 def sha256_file(path: Path) -> str:
@@ -40,6 +43,34 @@ class Corpus:
     fields: tuple[str, ...]
     checksums: dict[str, str]
     max_length: int = 32  # training truncation in tokens (SimCSE's max_seq_length)
+    instruction: str | None = None  # the task its anchors are prefixed with (see load_corpus)
+
+
+def instruction_prefix(task: str) -> str:
+    """The text NV-Embed puts before a query: 'Instruct: {task}\\nQuery: '."""
+    return INSTRUCTION_TEMPLATE.format(task=task)
+
+
+def load_corpus(data) -> Corpus:
+    """The corpus a `data` option names. Any option may add `instruction: <task definition>`
+    (`+data.instruction=...` on the command line): every *anchor* (the query side) then becomes
+    instruction_prefix(task) + anchor, in the records, so the token ids, the raw-text column and
+    every miner see the same text. Positives and hard negatives (the document side) stay bare, as
+    NV-Embed leaves documents without instructions; with single-field data the positive is the
+    anchor's own second view, so both views carry it (STS is symmetric: NV-Embed instructs both
+    of its sentences). The prefix counts toward `max_length`."""
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(data, resolve=True)
+    task = settings.pop("instruction", None)
+    corpus = instantiate(settings).load()
+    if not task:
+        return corpus
+    if not isinstance(task, str):
+        raise ConfigError(f"data.instruction={task!r}: give the task definition as a string")
+    prefix = instruction_prefix(task)
+    records = [{**r, "anchor": prefix + r["anchor"]} for r in corpus.records]
+    return dataclasses.replace(corpus, records=records, instruction=task)
 
 
 class TextLines:

@@ -30,6 +30,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from csetrain.config import ConfigError, require_file, resolve_data_dir
+from csetrain.data.sources import instruction_prefix
 from csetrain.eval.pair_scores import PairScores, TaskPairs
 
 YEARS = ("sts12", "sts13", "sts14", "sts15", "sts16")
@@ -105,6 +106,12 @@ def _transform(pairs: PairSet, fn) -> PairSet:
     )
 
 
+def _instructed(subsets: list[PairSet], task: str) -> list[PairSet]:
+    """Both sentences of every pair prefixed with NV-Embed's instruction for `task`."""
+    prefix = instruction_prefix(task)
+    return [_transform(s, lambda x: prefix + x) for s in subsets]
+
+
 def load_task(root: Path, task: str, split: str, protocol: str) -> list[PairSet]:
     """The subsets of one task as the protocol feeds them."""
     if task in YEARS:
@@ -177,6 +184,8 @@ class STSEvaluator:
 
     `name` is the task label used in metric keys (defaults to the task, plus `_dev` on dev).
     Data is read once per evaluator; each distinct sentence is encoded once per call.
+    `instructions`: {task: task definition}; both sentences of that task's pairs are prefixed
+    with NV-Embed's "Instruct: {definition}\nQuery: " (csetrain/data/sources.py).
     """
 
     def __init__(
@@ -187,6 +196,7 @@ class STSEvaluator:
         data_dir: str | None = None,
         batch_size: int = 128,
         progress: bool = False,
+        instructions: dict[str, str] | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"eval.protocol='{protocol}' is unknown: choose senteval or mteb")
@@ -198,6 +208,10 @@ class STSEvaluator:
         self.batch_size, self.progress = batch_size, progress
         root = resolve_data_dir(data_dir)
         self.data = {t: load_task(root, t, split, protocol) for t in self.tasks}
+        for task, definition in (instructions or {}).items():  # NV-Embed: both sentences
+            if task not in self.data:
+                raise ConfigError(f"eval.instructions: '{task}' is not in eval.tasks {self.tasks}")
+            self.data[task] = _instructed(self.data[task], definition)
 
     def label(self, task: str) -> str:
         return task if self.split == "test" else f"{task}_{self.split}"
