@@ -41,6 +41,7 @@ def _embed_chunk(encoder, batch: Batch, start: int, end: int) -> Tensor:
 def grad_cache_step(objective, encoder, batch: Batch, chunk_size: int, runtime) -> ObjectiveOutput:
     """Forward + backward of `objective` on `batch`, `chunk_size` rows of the encoder at a time.
     Leaves the gradients in `.grad` like `runtime.backward(objective(encoder, batch).loss)`."""
+    objective.miner.observe(batch)  # as objective.forward does
     device = batch.input_ids.device
     spans = _chunks(batch.input_ids.shape[0], chunk_size)
     states, parts = [], []

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from csetrain.config import ConfigError
 from csetrain.data.cache import tokenized_dataset
+from csetrain.data.collate import Batch, pad
 from csetrain.data.sources import TextLines
 from csetrain.negatives.mined_index import MinedIndex, nearest_neighbours, pick_in_window
 
@@ -140,7 +141,8 @@ def test_bad_settings_are_one_clear_line(tiny_encoder):
         MinedIndex().bind(tiny_encoder, None)
 
 
-def test_three_training_steps(tmp_path):
+@pytest.mark.parametrize("guide", [None, "tiny"])
+def test_three_training_steps(tmp_path, guide):
     from .test_train import _run_tiny
 
     tracker, components = _run_tiny(
@@ -151,6 +153,7 @@ def test_three_training_steps(tmp_path):
             "negative_mining.refresh_every=2",
             "negative_mining.sample_size=256",
             "trainer.max_steps=3",
+            *([f"negative_mining.guide={guide}"] if guide else []),
         ],
     )
     miner = components.objective.miner
@@ -159,3 +162,130 @@ def test_three_training_steps(tmp_path):
     assert int(miner.steps) == 3 and int(miner.built_at) == 2  # built before step 1, after step 2
     assert miner.index_embeddings.shape == (256, 32)
     assert miner.last_mined > 0  # every step trained with mined negatives
+    if guide:  # it embedded each index sample, and the optimizer never saw it
+        assert len(miner._guide_store) >= 256
+        guide_params = {id(p) for p in miner.guide.encoder.parameters()}
+        optimized = {id(p) for g in components.optimizer.param_groups for p in g["params"]}
+        assert not guide_params & optimized
+
+
+# --- the guide model (GISTEmbed) ----------------------------------------------------------------
+
+ANCHOR = SENTENCES[0]
+OTHER_ROW = 2  # "the stock market fell sharply today"
+DUPLICATE_ROW = len(SENTENCES)  # a copy of the anchor: a false negative by construction
+
+
+def _anchor_batch(encoder):
+    """One anchor whose positive is itself (a dropout twin), as the collator lays it out."""
+    ids = encoder.tokenizer([ANCHOR])["input_ids"][0]
+    input_ids, mask = pad([ids, ids], encoder.tokenizer.pad_token_id)
+    return Batch(input_ids, mask, fields=("anchor", "positive"), size=1)
+
+
+def _hand_index(miner):
+    """The trained model's (hand-made, 2-d) view: the duplicate looks dissimilar (cos 0.3), the
+    other sentence similar (cos 0.9) to the anchor (1, 0); its positive is at cos 0.5."""
+    miner.index_rows = torch.tensor([DUPLICATE_ROW, OTHER_ROW])
+    miner.index_embeddings = torch.tensor([[0.3, math.sqrt(1 - 0.09)], [0.9, math.sqrt(0.19)]])
+    miner.built_at.fill_(0)
+    return torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, math.sqrt(0.75)]])
+
+
+def test_guide_and_model_disagree_and_the_guide_decides(tiny_encoder, tmp_path):
+    corpus = SENTENCES + [ANCHOR]
+    kwargs = {"sample_size": None, "ranks": (0, 2), "margin": 0.01}
+    own = _bound(MinedIndex(**kwargs), tiny_encoder, tmp_path, corpus)
+    guided = _bound(MinedIndex(guide="minilm-l6", **kwargs), tiny_encoder, tmp_path, corpus)
+    anchors, positives = _hand_index(own)
+    _hand_index(guided)
+    guided.observe(_anchor_batch(tiny_encoder))
+    # the guide's view, computed here from its own encode(): the copy is the anchor (cos 1), the
+    # other sentence is far from it, and the positive is the anchor itself (cos 1)
+    vectors = F.normalize(guided.guide.encoder.encode([ANCHOR, SENTENCES[OTHER_ROW]]), dim=-1)
+    assert float(vectors[0] @ vectors[1]) < 0.5
+    scores, positive_sim = guided._guide_scores(torch.tensor([[0, 1]]), 1)
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5) and positive_sim[0] == pytest.approx(1.0)
+    assert scores[0, 1] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
+    for step in range(10):  # a fresh draw each step; the rule leaves one candidate either way
+        own.steps.fill_(step)
+        guided.steps.fill_(step)
+        guided.observe(_anchor_batch(tiny_encoder))
+        # the model alone keeps the copy (0.3 <= 0.5 - 0.01) and drops the other (0.9 > 0.49)
+        assert int(own.index_rows[own.mine(anchors, positives)[0]]) == DUPLICATE_ROW
+        # the guide drops the copy (1 > 1 - 0.01) and keeps the other sentence
+        assert int(guided.index_rows[guided.mine(anchors, positives)[0]]) == OTHER_ROW
+
+
+def _word_level_encoder(sentences):
+    """A guide with its own vocabulary (whole words): not the trained model's WordPiece."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from csetrain.modeling.backbones import Backbone
+    from csetrain.modeling.encoder import SentenceEncoder
+
+    words = sorted({w for s in sentences for w in s.split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=20,
+    )
+    return SentenceEncoder(
+        Backbone(BertModel(config, add_pooling_layer=False), fast, "words"), "mean"
+    )
+
+
+def test_a_guide_with_another_vocabulary_reads_the_sentences(tiny_encoder, tmp_path):
+    from csetrain.modeling.export import save_sentence_transformer
+
+    guide = _word_level_encoder(SENTENCES)
+    assert guide.tokenizer.get_vocab() != tiny_encoder.tokenizer.get_vocab()
+    save_sentence_transformer(guide, tmp_path / "guide")  # a saved folder as the guide
+    miner = MinedIndex(
+        refresh_every=1, sample_size=None, ranks=(1, 4), guide=str(tmp_path / "guide")
+    )
+    _bound(miner, tiny_encoder, tmp_path)
+    # corpus rows reach the guide as text: its embeddings are its own encode() of the sentences
+    expected = F.normalize(guide.encode(SENTENCES), dim=-1)
+    rows = torch.arange(len(SENTENCES))
+    assert torch.allclose(miner.guide_rows(rows), expected, atol=1e-5)
+    assert len(miner._guide_store) == len(SENTENCES)
+    batch = _unsup_batch(tiny_encoder)
+    miner.observe(batch)
+    anchors = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4])
+    assert miner.extra_negatives(anchors, {"anchor": anchors}) is not None  # builds the index
+    miner.after_optimizer_step(tiny_encoder, batch)  # a refresh: every row is cached already
+    assert len(miner._guide_store) == len(SENTENCES)
+    # frozen and outside the module tree: nothing to optimise, nothing in the checkpoint
+    assert list(miner.parameters()) == []
+    assert set(miner.state_dict()) == set(MinedIndex().state_dict())
+    assert all(not p.requires_grad for p in miner.guide.encoder.parameters())
+
+
+def test_guide_errors_are_one_clear_line(tiny_encoder, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"negative_mining.guide='nope' is neither a model option"
+    ):
+        MinedIndex(guide="nope")
+    miner = _bound(MinedIndex(sample_size=None, ranks=(1, 4), guide="tiny"), tiny_encoder, tmp_path)
+    anchors = torch.randn(4, 32)
+    miner.refresh(tiny_encoder)
+    with pytest.raises(ConfigError, match="needs this step's batch"):
+        miner.mine(anchors, anchors)

@@ -35,6 +35,10 @@ class NegativeMiner(nn.Module):
         the encoder (momentum copies) build their modules here, miners that index the corpus
         take its token ids from `dataset` (no second tokenization)."""
 
+    def observe(self, batch) -> None:
+        """The step's token batch (this rank's rows), before the objective embeds it: miners that
+        re-read the batch's sentences (mined_index's guide model) keep what they need."""
+
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
         """Extra candidates for this step's anchors (B, D), or None for in-batch only."""
         return None

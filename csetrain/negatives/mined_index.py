@@ -1,7 +1,7 @@
 """`negative_mining=mined_index`: hard negatives mined online from the training corpus with a
 nearest-neighbour index that the current model refreshes every N steps (ANCE's refreshed index,
 Xiong et al., arXiv 2007.00808), false negatives dropped by a margin (GISTEmbed, Solatorio,
-arXiv 2402.16829, with the model itself as the guide).
+arXiv 2402.16829): with a frozen guide model, or with the trained model itself as the guide.
 
 The pure parts (`nearest_neighbours`, `pick_in_window`) are at the top of the module.
 """
@@ -9,13 +9,15 @@ The pure parts (`nearest_neighbours`, `pick_in_window`) are at the top of the mo
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from csetrain.config import ConfigError
+from csetrain.config import ConfigError, config_dir, instantiate
 from csetrain.data.collate import pad
+from csetrain.modeling.frozen import FrozenEncoder, field_rows
 from csetrain.negatives.base import NegativeMiner, Negatives
 
 try:  # optional: an exact inner-product index; the torch fallback gives the same neighbours
@@ -63,6 +65,27 @@ def pick_in_window(
     return choice.masked_fill(~allowed.any(dim=1), -1)
 
 
+def load_guide(spec: str) -> FrozenEncoder:
+    """A frozen guide: a model option (`conf/model/<spec>.yaml`, e.g. minilm-l6) or a folder saved
+    by csetrain or sentence-transformers."""
+    from omegaconf import OmegaConf
+
+    from csetrain.modeling.export import load_sentence_encoder
+
+    folder = Path(spec).expanduser()
+    option = config_dir() / "model" / f"{spec}.yaml"
+    if folder.is_dir():
+        encoder = load_sentence_encoder(folder)
+    elif option.is_file():
+        encoder = instantiate(OmegaConf.load(option))
+    else:
+        options = sorted(p.stem for p in option.parent.glob("*.yaml"))
+        raise ConfigError(
+            f"negative_mining.guide='{spec}' is neither a model option {options} nor a saved model folder"
+        )
+    return FrozenEncoder(encoder, "negative_mining.guide")
+
+
 class MinedIndex(NegativeMiner):
     """Each anchor gets one hard negative: a corpus sentence from ranks `ranks` of its nearest
     neighbours, re-encoded with the live encoder so its embedding carries gradient. The mined
@@ -75,10 +98,24 @@ class MinedIndex(NegativeMiner):
     already trains with mined negatives) and rebuilt after every `refresh_every` steps; a resume
     restores the saved index. Neighbours are searched with the step's (live, detached) anchor
     embeddings; rank 0 is normally the anchor itself, hence a window starting at 10. A candidate
-    is dropped as a likely false negative when cos(anchor, candidate) > cos(anchor, positive) -
-    `margin` (GISTEmbed's rule with the trained model as its own guide; margin 0 is GISTEmbed's
-    default). The corpus is the training dataset handed to `bind`: its `anchor_ids`, exactly the
-    tokens the training batches use.
+    is dropped as a likely false negative when sim(anchor, candidate) > sim(anchor, positive) -
+    `margin` (GISTEmbed's rule; margin 0 is GISTEmbed's default), where sim is the cosine of a
+    frozen `guide` model (GISTEmbed's guide) or, without one, of the trained model itself (its
+    index scores, and its training embedding of the positive). The corpus is the training dataset
+    handed to `bind`: its `anchor_ids`, exactly the tokens the training batches use.
+
+    Guide (`guide=minilm-l6` or a saved folder): neighbours still come from the trained model's
+    index; the guide only decides which of them are false negatives. It reads the sentences as
+    the training tokens spell them (decoded with the trained model's tokenizer, then tokenized
+    with its own, so any guide vocabulary works; an uncased trained model hands it lower-cased
+    text): the batch's anchors and positives once per step (the objective hands the miner the
+    batch through `observe`) and each corpus row once per run (it is frozen, so its corpus
+    embeddings are cached on CPU, filled at each refresh for the new sample). It is held outside
+    the module tree (csetrain/modeling/frozen.py): never optimised, never checkpointed; after a
+    resume its cache refills as rows are needed. With dropout twins (unsupervised data) the guide
+    sees anchor = positive, so sim(anchor, positive) = 1 bounds every candidate and margin 0
+    drops nothing (copies of the anchor tie with the positive, up to float noise): there a
+    positive margin (e.g. 0.1: drop candidates the guide scores above 0.9) is what filters.
 
     Deviations: the negatives run through the encoder in a second forward pass inside
     `extra_negatives`, so they do not share the batch's padding, are not chunked by GradCache
@@ -95,6 +132,7 @@ class MinedIndex(NegativeMiner):
         margin: float = 0.0,
         encode_batch_size: int = 256,
         seed: int = 0,
+        guide: str | None = None,
     ) -> None:
         super().__init__()
         lo, hi = ranks
@@ -114,7 +152,13 @@ class MinedIndex(NegativeMiner):
         self.register_buffer("built_at", torch.full((), -1, dtype=torch.long))
         self._encoder = None  # weakref to the live encoder, set by bind
         self._token_ids: list[list[int]] = []
+        self._tokenizer = None  # the trained model's: decodes token ids for the guide
         self.last_mined = 0  # negatives used in the latest step (for inspection)
+        # The guide and its caches are plain attributes: not parameters, not buffers, not saved.
+        self.guide = load_guide(guide) if guide else None
+        self._guide_slot = torch.zeros(0, dtype=torch.long)  # (corpus,) row -> store row, -1 = none
+        self._guide_store = torch.zeros(0, 0)  # (n, D_guide) unit rows, CPU
+        self._guide_batch: tuple | None = None  # (step, anchors, positives) seen by observe
 
     # --- corpus and encoding -------------------------------------------------------------
     def bind(self, encoder: nn.Module, dataset=None) -> None:
@@ -124,6 +168,10 @@ class MinedIndex(NegativeMiner):
             )
         self._encoder = weakref.ref(encoder)  # the live encoder: not a submodule, not saved
         self._token_ids = dataset["anchor_ids"]
+        self._tokenizer = encoder.tokenizer
+        if self.guide is not None:
+            self.guide.encoder.to(encoder.device)
+            self._guide_slot = torch.full((len(self._token_ids),), -1, dtype=torch.long)
 
     def _encode(self, encoder: nn.Module, rows: list[int]) -> Tensor:
         ids, mask = pad([self._token_ids[r] for r in rows], encoder.tokenizer.pad_token_id)
@@ -149,6 +197,59 @@ class MinedIndex(NegativeMiner):
         self.index_embeddings = F.normalize(torch.cat(parts), dim=-1).to(device)
         self.index_rows = torch.tensor(order, dtype=torch.long, device=device)
         self.built_at.fill_(int(self.steps))
+        if self.guide is not None:  # embed the new sample's rows now, not one step at a time
+            self.guide_rows(self.index_rows.cpu())
+
+    # --- the guide -----------------------------------------------------------------------------
+    def _guide_encode(self, token_rows: list[list[int]]) -> Tensor:
+        """Unit guide embeddings (n, D_guide) on CPU of sentences given as training token ids."""
+        texts = self._tokenizer.batch_decode(token_rows, skip_special_tokens=True)
+        vectors = self.guide.encoder.encode(texts, batch_size=self.encode_batch_size)
+        return F.normalize(vectors, dim=-1)
+
+    def guide_rows(self, rows: Tensor) -> Tensor:
+        """Guide embeddings of corpus rows (any shape S) -> (*S, D_guide); a row is embedded the
+        first time it is asked for, then read from the cache."""
+        rows = rows.cpu()
+        missing = rows[self._guide_slot[rows] < 0].unique()
+        if len(missing):
+            vectors = self._guide_encode([self._token_ids[r] for r in missing.tolist()])
+            if not self._guide_store.numel():
+                self._guide_store = vectors.new_zeros(0, vectors.shape[1])
+            first = len(self._guide_store)
+            self._guide_slot[missing] = torch.arange(first, first + len(missing))
+            self._guide_store = torch.cat([self._guide_store, vectors])
+        return self._guide_store[self._guide_slot[rows]]
+
+    def observe(self, batch) -> None:
+        """With a guide: its embeddings of this step's anchors and positives."""
+        if self.guide is None:
+            return
+        rows = {
+            f: [ids[m.bool()].tolist() for ids, m in zip(*field_rows(batch, f))]
+            for f in ("anchor", "positive")
+            if f in batch.fields
+        }
+        vectors = self._guide_encode(rows["anchor"] + rows.get("positive", []))
+        anchors, positives = vectors[: batch.size], vectors[batch.size :]
+        self._guide_batch = (int(self.steps), anchors, positives if len(positives) else None)
+
+    def _guide_scores(self, indices: Tensor, num_anchors: int) -> tuple[Tensor, Tensor]:
+        """Guide cosines of each anchor with its neighbours (Q, K) and with its positive (Q,)."""
+        if self._guide_batch is None or self._guide_batch[0] != int(self.steps):
+            raise ConfigError(
+                "negative_mining.guide needs this step's batch: the objective must call miner.observe(batch) first"
+            )
+        _, anchors, positives = self._guide_batch
+        if len(anchors) != num_anchors:
+            raise ConfigError(
+                f"negative_mining.guide saw {len(anchors)} anchors in the batch but was asked about {num_anchors}"
+            )
+        candidates = self.guide_rows(self.index_rows.cpu()[indices.cpu()])  # (Q, K, D_guide)
+        scores = (candidates * anchors[:, None]).sum(-1)  # (Q, K)
+        if positives is None:
+            return scores, torch.full((num_anchors,), float("inf"))
+        return scores, (anchors * positives).sum(-1)
 
     # --- the miner contract ----------------------------------------------------------------
     def after_optimizer_step(self, encoder: nn.Module, batch) -> None:
@@ -180,12 +281,15 @@ class MinedIndex(NegativeMiner):
         """Index position of each anchor's negative (B,), -1 where none survives the margin."""
         queries = F.normalize(anchors.detach().float(), dim=-1)
         scores, indices = nearest_neighbours(queries, self.index_embeddings, self.ranks[1])
-        if positives is None:  # nothing to compare with: keep every candidate
-            positive_sim = torch.full((len(queries),), float("inf"), device=queries.device)
+        if self.guide is not None:  # the guide's cosines decide, the model's ranks propose
+            scores, positive_sim = self._guide_scores(indices, len(queries))
+        elif positives is None:  # nothing to compare with: keep every candidate
+            positive_sim = torch.full((len(queries),), float("inf"))
         else:
             positive_sim = (queries * F.normalize(positives.detach().float(), dim=-1)).sum(-1)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 500_009 + int(self.steps))
         scores, indices = scores.to(queries.device), indices.to(queries.device)
+        positive_sim = positive_sim.to(queries.device)
         return pick_in_window(scores, indices, positive_sim, self.ranks, self.margin, gen)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -53,6 +53,7 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
+        self.miner.observe(batch)
         views = self.embed(encoder, batch)
         return self.add_regularizers(self.loss(views, batch), views, batch, encoder)
 
