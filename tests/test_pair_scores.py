@@ -1,6 +1,7 @@
 """Per-pair similarities saved by the STS evaluator (csetrain/eval/pair_scores.py): they
 reproduce the logged scores exactly and survive a round trip through the file."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,24 @@ def test_a_file_that_is_not_pair_scores_fails_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="not a csetrain pair-scores file") as err:
         load_pair_scores(bad)
     assert "\n" not in str(err.value)
+
+
+def test_csetrain_eval_saves_and_logs_the_pairs(mini_pack, tmp_path):
+    from mlflow import MlflowClient
+
+    from .helpers import csetrain_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["model=tiny", "eval=stsb_test", f"paths.data_dir={mini_pack}", "tracking=mlflow"]
+    args += [f"tracking.uri={uri}", f"paths.output_dir={tmp_path}/out", "--json"]
+    done = csetrain_cli("eval", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run_dir,) = tmp_path.glob("out/evals/*/*")
+    pairs = load_pair_scores(run_dir / "pair_scores.npz")
+    metric = f"test/{pairs.tasks['stsb'].metric_key}"
+    score = 100 * spearmanr(pairs.tasks["stsb"].sims, pairs.tasks["stsb"].gold).statistic
+    assert score == pytest.approx(json.loads(done.stdout.splitlines()[-1])[metric], abs=1e-9)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("csetrain").experiment_id])
+    assert "pair_scores.npz" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert run.data.tags["run_dir"] == str(run_dir.resolve())
