@@ -17,9 +17,19 @@ from csetrain.config import ConfigError, instantiate, validate_settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
 from csetrain.data.sources import load_corpus
+from csetrain.eval.grid import grid_after_training
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.loop import Components, Interrupted, fit
+from csetrain.objectives.matryoshka_2d import Matryoshka2D
+from csetrain.plots import (
+    METRIC_LOG,
+    MetricLog,
+    never_fail,
+    published_references,
+    score_start,
+    write_run_plots,
+)
 from csetrain.runtime import Runtime, init_distributed, lr_lambda, seed_everything
 from csetrain.tracking import NullTracker, git_info, make_tracker
 
@@ -293,11 +303,16 @@ def run_training(cfg: DictConfig) -> TrainSummary:
 def _train_and_test(
     cfg: DictConfig, settings: dict, c: Components, run_dir: Path, resume: bool
 ) -> TrainSummary:
+    if c.runtime.is_main:  # every logged metric also goes to metrics.jsonl, for the plots
+        c.tracker = MetricLog(c.tracker, run_dir / METRIC_LOG)
     start, progress = 0, None
     if resume:
         start, progress = c.checkpointer.load_state(
             c.encoder, c.objective, c.optimizer, c.scheduler
         )
+    elif c.runtime.is_main:  # eval.compare_initial: the start's test scores, for the plots
+        cache = settings["paths"].cache_dir
+        never_fail("scoring the start checkpoint", score_start, cfg.eval, c.encoder, run_dir, cache)
     fitted = fit(c, settings["trainer"], start, progress)
     if not c.runtime.is_main:  # rank 0 tests and reports
         return TrainSummary(float("nan"), {}, run_dir=str(run_dir))
@@ -336,6 +351,13 @@ def _train_and_test(
             }
         )
     c.tracker.log_metrics(summary, fitted.steps)
+    dev_label, history = report["selection"]["metric"], fitted.history
+    references = never_fail("published baselines", published_references, str(cfg.eval.protocol))
+    plots = (run_dir, c.tracker, history, dev_label, test_metrics, references)
+    never_fail("plots", write_run_plots, *plots)
+    if isinstance(c.objective, Matryoshka2D):  # trained for every (layer, size): show them all
+        args = (c.objective, c.evaluator, best, run_dir, c.tracker, fitted.best_step)
+        never_fail("the layer x dim grid", grid_after_training, *args)
     selection = fitted.best_metric if fitted.history else float("nan")
     return TrainSummary(selection, {**test_metrics, **summary}, run_dir=str(run_dir))
 

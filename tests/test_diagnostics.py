@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from csetrain.config import ConfigError
 from csetrain.eval.diagnostics import (
     Diagnostics,
     alignment,
@@ -16,6 +17,7 @@ from csetrain.eval.diagnostics import (
     length_bias,
     uniformity,
 )
+from csetrain.eval.sts import PairSet, STSEvaluator
 
 
 def test_alignment_by_hand():
@@ -88,20 +90,104 @@ def test_effective_negatives_ignores_masked_columns_and_labels_choose_the_positi
 
 
 def test_diagnostics_class_keys_determinism_and_sampling(data_dir, tiny_encoder):
-    full = Diagnostics(data_dir=str(data_dir))
+    full = Diagnostics.on_stsb_dev(data_dir=str(data_dir))
     assert full.positive.sum() == 264  # STS-B dev pairs with gold >= 4.0 (56 of them at 4.0)
     assert -1 < full.gold_length_bias < 0  # gold itself mildly prefers similar lengths
     first = full(tiny_encoder)
     assert set(first) == {
-        "diag/alignment",
-        "diag/uniformity",
-        "diag/anisotropy",
-        "diag/length_bias",
+        "diagnostics/alignment",
+        "diagnostics/uniformity",
+        "diagnostics/anisotropy",
+        "diagnostics/length_bias",
     }
     assert first == full(tiny_encoder)
-    sampled = Diagnostics(data_dir=str(data_dir), num_sentences=200, seed=3)
+    sampled = Diagnostics.on_stsb_dev(data_dir=str(data_dir), num_sentences=200, seed=3)
     assert len(sampled.sample) == 200
-    assert sampled.sample == Diagnostics(data_dir=str(data_dir), num_sentences=200, seed=3).sample
-    assert sampled.sample != Diagnostics(data_dir=str(data_dir), num_sentences=200, seed=4).sample
+    again = Diagnostics.on_stsb_dev(data_dir=str(data_dir), num_sentences=200, seed=3)
+    assert sampled.sample == again.sample
+    other = Diagnostics.on_stsb_dev(data_dir=str(data_dir), num_sentences=200, seed=4)
+    assert sampled.sample != other.sample
     # a random tiny BERT (CLS) is nearly collapsed: all cosines close to 1
-    assert first["diag/anisotropy"] > 0.9 and first["diag/uniformity"] > -0.5
+    assert first["diagnostics/anisotropy"] > 0.9 and first["diagnostics/uniformity"] > -0.5
+
+
+def test_measure_reads_each_sentence_from_its_row():
+    pairs = PairSet("toy", ["a", "b c", "a"], ["d e f", "a", "b c"], np.array([5.0, 4.0, 1.0]))
+    vectors = {"a": [1.0, 0.0], "b c": [0.0, 2.0], "d e f": [-1.0, 0.0]}
+    order = ["d e f", "unused", "b c", "a"]  # any order, extra rows allowed
+    table = torch.tensor([vectors.get(s, [9.0, 9.0]) for s in order])
+    got = Diagnostics(pairs).measure(order, table)
+    # positives (gold >= 4): a~d e f (antipodal, squared distance 4) and b c~a (orthogonal, 2)
+    assert got["diagnostics/alignment"] == pytest.approx(3.0)
+    # distinct sentences a, b c, d e f: cosines 0, -1, 0 -> mean -1/3
+    assert got["diagnostics/anisotropy"] == pytest.approx(-1 / 3)
+    assert got["diagnostics/uniformity"] == pytest.approx(
+        math.log((2 * math.exp(-4) + math.exp(-8)) / 3)
+    )
+    cosines = [-1.0, 0.0, 0.0]  # word gaps 2, 1, 1
+    assert got["diagnostics/length_bias"] == pytest.approx(spearmanr([2, 1, 1], cosines).statistic)
+
+
+def test_no_positive_pair_is_a_config_error():
+    pairs = PairSet("low", ["a"], ["b"], np.array([1.0]))
+    with pytest.raises(ConfigError, match="positive_threshold"):
+        Diagnostics(pairs)
+
+
+class CountingEncoder:
+    """Counts encode calls of a wrapped encoder."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+
+    def encode(self, *args, **kwargs):
+        self.calls += 1
+        return self.encoder.encode(*args, **kwargs)
+
+
+def test_dev_evaluator_reports_diagnostics_from_its_own_vectors(data_dir, tiny_encoder):
+    with_diagnostics = STSEvaluator(["stsb"], "dev", data_dir=str(data_dir), diagnostics=True)
+    counting = CountingEncoder(tiny_encoder)
+    result = with_diagnostics(counting)
+    assert counting.calls == 1  # no second encoding pass
+    direct = Diagnostics.on_stsb_dev(data_dir=str(data_dir))(tiny_encoder)
+    for key, value in direct.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-6)
+    plain = STSEvaluator(["stsb"], "dev", data_dir=str(data_dir))(tiny_encoder)
+    assert not any(k.startswith("diagnostics/") for k in plain.metrics)
+    assert plain.metrics == {k: v for k, v in result.metrics.items() if k in plain.metrics}
+
+
+def test_every_dev_evaluation_logs_diagnostics_and_steps_log_effective_negatives(tmp_path):
+    from .test_train import _run_tiny
+
+    tracker, components = _run_tiny(
+        tmp_path, ["trainer.eval_every=2", "trainer.lr=5e-3", "trainer.log_every=2"]
+    )
+    evals = [(step, m) for step, m in tracker.metrics if "eval/diagnostics/alignment" in m]
+    assert [step for step, _ in evals] == [0, 2, 4, 5]
+    assert evals[0][1]["eval/diagnostics/alignment"] != evals[-1][1]["eval/diagnostics/alignment"]
+    final = components.evaluator.diagnostics(components.encoder)  # the model after step 5
+    for key, value in final.items():
+        assert evals[-1][1][f"eval/{key}"] == pytest.approx(value, abs=1e-6)
+    steps = [step for step, m in tracker.metrics if "train/effective_negatives" in m]
+    assert steps == [2, 4, 5]  # the logging cadence (and the last step), not every step
+    batch = 8  # in-batch negatives: 7 per anchor at most
+    assert all(1 <= v <= batch - 1 for v in tracker.series("train/effective_negatives"))
+
+
+def test_infonce_objective_reports_effective_negatives_of_its_logits():
+    from csetrain.objectives.simcse_unsup import SimCSEUnsup
+
+    g = torch.Generator().manual_seed(0)
+    anchors, positives = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    out = SimCSEUnsup(temperature=0.1).loss({"anchor": anchors, "positive": positives}, None)
+    cos = (
+        torch.nn.functional.normalize(anchors, dim=-1)
+        @ torch.nn.functional.normalize(positives, dim=-1).T
+    )
+    by_hand = []
+    for i in range(4):
+        weights = torch.softmax(torch.cat([cos[i, :i], cos[i, i + 1 :]]) / 0.1, dim=0)
+        by_hand.append(math.exp(-(weights * weights.log()).sum().item()))
+    assert out.metrics["effective_negatives"].item() == pytest.approx(np.mean(by_hand), rel=1e-5)

@@ -1,7 +1,9 @@
 """Embedding-space diagnostics: what contrastive training does to the geometry, beyond STS scores.
 
-Pure functions on tensors (hand-checkable), plus `Diagnostics`, which measures an encoder on STS-B
-dev the way SimCSE's analysis does (arXiv 2104.08821 §5, after Wang & Isola, arXiv 2005.10242):
+Pure functions on tensors (hand-checkable), plus `Diagnostics`, which measures embeddings of an STS
+pair set (STS-B dev by default) the way SimCSE's analysis does (arXiv 2104.08821 §5, after Wang &
+Isola, arXiv 2005.10242). The dev evaluator runs it on the vectors it already scored when its YAML
+sets `diagnostics: true` (metrics `eval/diagnostics/<name>` at every dev evaluation):
 
 - alignment: E ||f(x) - f(x+)||^2 over positive pairs (gold score >= 4.0), lower is better;
 - uniformity: log E exp(-2 ||f(x) - f(y)||^2) over all pairs of sentences, lower is better;
@@ -10,20 +12,22 @@ dev the way SimCSE's analysis does (arXiv 2104.08821 §5, after Wang & Isola, ar
   with the same probe on gold scores (`Diagnostics.gold_length_bias`): a model far more negative
   than gold rates pairs of similar length as similar for their length alone.
 
-`effective_negatives` is for training logits (the objective's, not an encoder's).
+`effective_negatives` is for training logits (the objective's, not an encoder's): InfoNCE
+objectives report it as `train/effective_negatives` on the logging cadence.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor
 
-from csetrain.config import resolve_data_dir
-from csetrain.eval.sts import load_task
+from csetrain.config import ConfigError, resolve_data_dir
+from csetrain.eval.sts import PairSet, load_task
 
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
@@ -87,45 +91,77 @@ def effective_negatives(logits: Tensor, labels: Tensor | None = None) -> Tensor:
     return torch.special.entr(p).sum(-1).exp().mean()  # entr(0) = 0
 
 
-class Diagnostics:
-    """Alignment, uniformity, anisotropy and length bias of an encoder on STS-B dev.
+def pooled(subsets: list[PairSet]) -> PairSet:
+    """One PairSet holding every pair of a task's subsets (STS12-16 have several)."""
+    return PairSet(
+        subsets[0].name if len(subsets) == 1 else "all",
+        [s for p in subsets for s in p.first],
+        [s for p in subsets for s in p.second],
+        np.concatenate([p.gold for p in subsets]),
+    )
 
-    Positive pairs for alignment are dev pairs with gold >= `positive_threshold` (SimCSE's 4.0).
-    Uniformity and anisotropy use every distinct dev sentence (SimCSE's p_data), or a seeded
-    sample of `num_sentences` of them; the result is a deterministic function of the encoder.
-    `protocol` picks the text fed (csetrain/eval/sts.py; `senteval` is what dev selection uses).
+
+class Diagnostics:
+    """Alignment, uniformity, anisotropy and length bias of embeddings of one STS pair set.
+
+    Positive pairs for alignment are pairs with gold >= `positive_threshold` (SimCSE's 4.0 on
+    STS-B's 0-5 scale). Uniformity and anisotropy use every distinct sentence of the set
+    (SimCSE's p_data), or a seeded sample of `num_sentences` of them; the result is a
+    deterministic function of the vectors. `measure` takes vectors already computed (the STS
+    evaluator passes the ones it scored, so a dev evaluation encodes once); calling the object
+    encodes the set itself. `on_stsb_dev` builds the set SimCSE's analysis uses.
     """
 
     def __init__(
         self,
-        data_dir: str | None = None,
-        protocol: str = "senteval",
+        pairs: PairSet,
         positive_threshold: float = 4.0,
         num_sentences: int | None = None,
         seed: int = 0,
         batch_size: int = 128,
     ) -> None:
-        (self.pairs,) = load_task(resolve_data_dir(data_dir), "stsb", "dev", protocol)
-        self.positive = torch.from_numpy(self.pairs.gold >= positive_threshold)
-        unique = list(dict.fromkeys(self.pairs.first + self.pairs.second))
+        self.pairs = pairs
+        self.positive = torch.from_numpy(pairs.gold >= positive_threshold)
+        if not self.positive.any():
+            raise ConfigError(
+                f"diagnostics: no pair of '{pairs.name}' has gold >= {positive_threshold}; lower positive_threshold"
+            )
+        unique = list(dict.fromkeys(pairs.first + pairs.second))
         if num_sentences is not None and num_sentences < len(unique):
             order = torch.randperm(len(unique), generator=torch.Generator().manual_seed(seed))
             unique = [unique[i] for i in sorted(order[:num_sentences].tolist())]
         self.sample, self.batch_size = unique, batch_size
-        gold = torch.from_numpy(self.pairs.gold)
-        self.gold_length_bias = length_bias(self.pairs.first, self.pairs.second, gold)
+        gold = torch.from_numpy(pairs.gold)
+        self.gold_length_bias = length_bias(pairs.first, pairs.second, gold)
 
-    def __call__(self, encoder) -> dict[str, float]:
-        sentences = list(dict.fromkeys(self.pairs.first + self.pairs.second))  # sample is a subset
-        vectors = encoder.encode(sentences, self.batch_size, False).double()
+    @classmethod
+    def on_stsb_dev(
+        cls, data_dir: str | None = None, protocol: str = "senteval", **kwargs
+    ) -> Diagnostics:
+        """STS-B dev as `protocol` feeds it (`senteval` is what dev selection uses)."""
+        (pairs,) = load_task(resolve_data_dir(data_dir), "stsb", "dev", protocol)
+        return cls(pairs, **kwargs)
+
+    def sentences(self) -> list[str]:
+        """Every distinct sentence of the set (the sample is a subset)."""
+        return list(dict.fromkeys(self.pairs.first + self.pairs.second))
+
+    def measure(self, sentences: list[str], vectors: Tensor) -> dict[str, float]:
+        """The four numbers from `vectors[i]` = embedding of `sentences[i]` (any superset of
+        the set's sentences, normalised or not), in float64."""
         index = {s: i for i, s in enumerate(sentences)}
+        vectors = vectors.double()
         first = vectors[[index[s] for s in self.pairs.first]]
         second = vectors[[index[s] for s in self.pairs.second]]
         sample = vectors[[index[s] for s in self.sample]]
         cosine = F.cosine_similarity(first, second, dim=-1)
         return {
-            "diag/alignment": alignment(first[self.positive], second[self.positive]).item(),
-            "diag/uniformity": uniformity(sample).item(),
-            "diag/anisotropy": anisotropy(sample).item(),
-            "diag/length_bias": length_bias(self.pairs.first, self.pairs.second, cosine),
+            "diagnostics/alignment": alignment(first[self.positive], second[self.positive]).item(),
+            "diagnostics/uniformity": uniformity(sample).item(),
+            "diagnostics/anisotropy": anisotropy(sample).item(),
+            "diagnostics/length_bias": length_bias(self.pairs.first, self.pairs.second, cosine),
         }
+
+    def __call__(self, encoder) -> dict[str, float]:
+        sentences = self.sentences()
+        return self.measure(sentences, encoder.encode(sentences, self.batch_size, False))

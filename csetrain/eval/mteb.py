@@ -77,7 +77,12 @@ def fingerprint(encoder) -> str:
         if not k.startswith("_") and k != "training" and isinstance(v, str | int | float | None)
     }
     digest = hashlib.sha256(repr((type(encoder).__name__, sorted(settings.items()))).encode())
+    # A train-only head (SimCSE's MLP) never shapes an embedding, and its seeded init would give
+    # the same start model one fingerprint per seed.
+    unused = "head." if settings.get("mlp_head", "always") != "always" else None
     for name, tensor in encoder.state_dict().items():
+        if unused and name.startswith(unused):
+            continue
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()

@@ -184,6 +184,10 @@ class STSEvaluator:
 
     `name` is the task label used in metric keys (defaults to the task, plus `_dev` on dev).
     Data is read once per evaluator; each distinct sentence is encoded once per call.
+    `diagnostics`: also measure alignment/uniformity/anisotropy/length bias on the first task's
+    pairs from the same vectors (`diagnostics/<name>` metrics; csetrain/eval/diagnostics.py).
+    `compare_initial`: read by training, which also scores the start checkpoint with this
+    evaluator (cached by weights hash) for the before/after plot; the evaluator ignores it.
     `instructions`: {task: task definition}; both sentences of that task's pairs are prefixed
     with NV-Embed's "Instruct: {definition}\nQuery: " (csetrain/data/sources.py).
     """
@@ -196,6 +200,8 @@ class STSEvaluator:
         data_dir: str | None = None,
         batch_size: int = 128,
         progress: bool = False,
+        diagnostics: bool = False,
+        compare_initial: bool = False,
         instructions: dict[str, str] | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
@@ -212,6 +218,12 @@ class STSEvaluator:
             if task not in self.data:
                 raise ConfigError(f"eval.instructions: '{task}' is not in eval.tasks {self.tasks}")
             self.data[task] = _instructed(self.data[task], definition)
+        self.compare_initial = compare_initial
+        self.diagnostics = None
+        if diagnostics:  # imported here: diagnostics.py reads its data through this module
+            from csetrain.eval.diagnostics import Diagnostics, pooled
+
+            self.diagnostics = Diagnostics(pooled(self.data[self.tasks[0]]))
 
     def label(self, task: str) -> str:
         return task if self.split == "test" else f"{task}_{self.split}"
@@ -225,9 +237,15 @@ class STSEvaluator:
 
     def __call__(self, encoder) -> EvalResult:
         unique = self.sentences()
-        vectors = torch.nn.functional.normalize(
-            encoder.encode(unique, self.batch_size, self.progress), dim=-1
-        )
+        vectors = encoder.encode(unique, self.batch_size, self.progress)
+        result = self.score(unique, vectors)
+        if self.diagnostics is not None:
+            result.metrics.update(self.diagnostics.measure(unique, vectors))
+        return result
+
+    def score(self, unique: list[str], vectors: torch.Tensor) -> EvalResult:
+        """Scores from `vectors[i]`, the embedding of `unique[i]` (e.g. one cell of a grid)."""
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
         index = {s: i for i, s in enumerate(unique)}
         metrics, details = {}, {"protocol": self.protocol, "split": self.split, "pairs": {}}
         mains, pairs = [], PairScores(self.protocol, self.split, {})

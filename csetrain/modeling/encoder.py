@@ -151,14 +151,19 @@ class SentenceEncoder(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, sentences: list[str], batch_size: int = 128, progress: bool = False) -> Tensor:
+    def encode(
+        self, sentences: list[str], batch_size: int = 128, progress: bool = False, embed=None
+    ) -> Tensor:
         """Inference embeddings (N, output_dim), float32 on CPU, in input order.
 
         Each distinct sentence is tokenized and encoded once, in batches of similar token length
         (sorting by tokens, not characters, pads least), with no truncation below the model's
-        position limit.
+        position limit. `embed(input_ids, attention_mask) -> (n, ...)` replaces `inference`
+        (the layer x dim grid takes every layer from one forward); the result is then (N, ...).
         """
         from tqdm.auto import tqdm
+
+        embed = embed or self.inference
 
         unique = list(dict.fromkeys(sentences))
         limit = self.transformer.config.max_position_embeddings
@@ -171,9 +176,9 @@ class SentenceEncoder(nn.Module):
         for start in tqdm(starts, desc="encode", disable=not progress, leave=False):
             idx = order[start : start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            z = self.inference(
-                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            )
+            z = embed(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            if start == 0 and z.shape[1:] != vectors.shape[1:]:
+                vectors = torch.empty(len(unique), *z.shape[1:])
             vectors[idx] = z.float().cpu()
         self.train(was_training)
         position = {s: i for i, s in enumerate(unique)}

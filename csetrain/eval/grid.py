@@ -1,0 +1,186 @@
+"""`eval=grid`: one STS task scored at every (layer, prefix size) of an encoder.
+
+A 2D Matryoshka model (2DMSE, Li et al., arXiv 2402.14776) is meant to be served shallower and
+smaller; a single full-model number hides whether that works (REFERENCE.md §5.6), so the paper
+reports layer x dimension grids. Each cell is the embedding inference would serve with
+`model.layer=l model.dim=d` (pool hidden layer l, the head if `mlp_head=always`, keep the first d
+coordinates), scored exactly as the native STS evaluator scores it (cosine Spearman x100; the cell
+(l, d) equals `STSEvaluator` on the encoder built with that layer and dim).
+
+Cost: every layer comes out of one forward pass (`output_hidden_states`), and every prefix size
+is a slice of the same vectors, so a grid costs about one evaluation, not one per cell.
+Training runs it on the selected checkpoint of 2DMSE runs (train.py) and logs the files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from csetrain.config import ConfigError
+from csetrain.eval.sts import YEARS, EvalResult, STSEvaluator
+
+Grid = dict[int, dict[int, float]]  # layer -> prefix size -> Spearman x100
+
+
+def default_dims(hidden_size: int) -> list[int]:
+    """8, 16, 32, ... below the hidden size, then the hidden size (2DMSE's size list + full)."""
+    dims, d = [], 8
+    while d < hidden_size:
+        dims.append(d)
+        d *= 2
+    return [*dims, hidden_size]
+
+
+def hydra_run_dir() -> Path | None:
+    """The run dir of the Hydra job being run (`csetrain eval`), or None outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def layer_embeddings(encoder, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The inference embedding of every layer 1..L from one forward: (N, T) -> (N, L, D).
+    Mirrors `SentenceEncoder.inference` (head only if `always`), without the `dim` cut."""
+    layers = encoder.pooled_layers(input_ids, attention_mask)  # L x (N, D)
+    if encoder.mlp_head == "always":
+        layers = [encoder.head(z) for z in layers]
+    return torch.stack(layers, dim=1)
+
+
+class GridEvaluator:
+    """Scores `task` (one STS task, `split`, `protocol`) for every `layers` x `dims` cell.
+
+    `layers`: 1..L (null: all); `dims`: prefix sizes (null: 8, 16, ... and the full size).
+    Each call writes `grid.png` (heatmap), `grid.md` and `grid.json` into `output_dir` (null:
+    the command's run dir under Hydra, as `csetrain eval` runs it; no files outside Hydra).
+    Metrics: `<protocol>/<task label>/spearman_l<layer>_d<dim>`; the primary number is the
+    largest cell (the full model when the grid includes it).
+    """
+
+    def __init__(
+        self,
+        task: str = "stsb",
+        split: str = "dev",
+        protocol: str = "senteval",
+        layers: list[int] | None = None,
+        dims: list[int] | None = None,
+        data_dir: str | None = None,
+        batch_size: int = 128,
+        progress: bool = False,
+        output_dir: str | None = None,
+    ) -> None:
+        if task in YEARS and split != "test":
+            raise ConfigError(f"eval.task={task} has only a test split: set eval.split=test")
+        sts = STSEvaluator([task], split, protocol, data_dir, batch_size, progress)
+        self._setup(sts, layers, dims, output_dir or hydra_run_dir())
+
+    @classmethod
+    def from_evaluator(
+        cls,
+        sts: STSEvaluator,
+        layers: list[int] | None = None,
+        dims: list[int] | None = None,
+        output_dir: str | Path | None = None,
+    ) -> GridEvaluator:
+        """A grid over the first task of an STS evaluator whose data is already loaded."""
+        grid = cls.__new__(cls)
+        grid._setup(sts, layers, dims, output_dir)
+        return grid
+
+    def _setup(self, sts: STSEvaluator, layers, dims, output_dir) -> None:
+        self.sts, self.task, self.tasks = sts, sts.tasks[0], sts.tasks[:1]
+        self.protocol, self.split = sts.protocol, sts.split
+        self.layers = sorted(set(layers)) if layers else None
+        self.dims = sorted(set(dims)) if dims else None
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    def cells(self, encoder) -> tuple[list[int], list[int]]:
+        """(layers, dims) for this encoder, checked against its depth and width."""
+        if getattr(encoder, "prefix_encoders", None):  # MCL stacks: their parts have no layers
+            raise ConfigError("eval=grid scores one encoder's layers: this model stacks several")
+        depth, width = encoder.num_layers, encoder.hidden_size
+        layers = self.layers or list(range(1, depth + 1))
+        dims = self.dims or default_dims(width)
+        if not 1 <= layers[0] <= layers[-1] <= depth:
+            raise ConfigError(f"eval.layers={layers}: choose layers in 1..{depth} or null (all)")
+        if not 1 <= dims[0] <= dims[-1] <= width:
+            raise ConfigError(f"eval.dims={dims}: choose sizes in 1..{width} or null (8, 16, ...)")
+        return layers, dims
+
+    def scores(self, encoder) -> Grid:
+        """Spearman x100 of every cell: one encoding pass, then slices of the same vectors."""
+        layers, dims = self.cells(encoder)
+        unique = self.sts.sentences()
+        embed = lambda ids, mask: layer_embeddings(encoder, ids, mask)  # noqa: E731
+        vectors = encoder.encode(unique, self.sts.batch_size, self.sts.progress, embed=embed)
+        return {
+            layer: {d: self.sts.score(unique, vectors[:, layer - 1, :d]).primary for d in dims}
+            for layer in layers
+        }
+
+    def key(self, layer: int, dim: int) -> str:
+        return f"{self.protocol}/{self.sts.label(self.task)}/spearman_l{layer}_d{dim}"
+
+    def __call__(self, encoder) -> EvalResult:
+        grid = self.scores(encoder)
+        metrics = {self.key(layer, d): v for layer, row in grid.items() for d, v in row.items()}
+        top = max(grid)
+        primary_key = self.key(top, max(grid[top]))
+        label = self.sts.label(self.task)
+        details = {
+            "protocol": self.protocol,
+            "split": self.split,
+            "pairs": {label: sum(len(p.gold) for p in self.sts.data[self.task])},
+            "grid": {
+                str(layer): {str(d): v for d, v in row.items()} for layer, row in grid.items()
+            },
+            "model": str(getattr(encoder, "source", "")),
+        }
+        if self.output_dir is not None:
+            details["files"] = [str(p) for p in self.write(grid, self.output_dir, details)]
+        return EvalResult(metrics, metrics[primary_key], primary_key, details)
+
+    def title(self, model: str) -> str:
+        return (
+            f"{self.sts.label(self.task)} Spearman x100 ({self.protocol} protocol), {model}"
+        ).strip(", ")
+
+    def write(self, grid: Grid, folder: Path, details: dict) -> list[Path]:
+        """grid.json (everything), grid.md (the table) and grid.png (the heatmap) in `folder`."""
+        from csetrain.plots import grid_heatmap, save_figure
+
+        folder.mkdir(parents=True, exist_ok=True)
+        title = self.title(details["model"])
+        table = folder / "grid.md"
+        table.write_text(f"{title}\n\n{markdown_table(grid)}\n")
+        data = folder / "grid.json"
+        data.write_text(json.dumps({"title": title, "task": self.task, **details}, indent=2))
+        png = save_figure(grid_heatmap(grid, title), folder / "grid.png")
+        return [png, table, data]
+
+
+def markdown_table(grid: Grid) -> str:
+    """Rows: layers; columns: prefix sizes; cells: Spearman x100 to two decimals."""
+    dims = sorted({d for row in grid.values() for d in row})
+    lines = ["| layer \\ dim | " + " | ".join(str(d) for d in dims) + " |"]
+    lines.append("|---" * (len(dims) + 1) + "|")
+    for layer, row in sorted(grid.items()):
+        cells = [f"{row[d]:.2f}" if d in row else "-" for d in dims]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grid_after_training(objective, dev_evaluator, encoder, run_dir: Path, tracker, step: int):
+    """A 2DMSE run's grid: every layer x the sizes its objective trained (and the full size),
+    on the dev evaluator's task, for the selected checkpoint; files under `run_dir/grid/`,
+    logged as artifacts `grid/` and metrics `grid/<protocol>/<task>/spearman_l<l>_d<d>`."""
+    dims = [*objective.sizes(encoder.hidden_size), encoder.hidden_size]
+    folder = Path(run_dir) / "grid"
+    result = GridEvaluator.from_evaluator(dev_evaluator, dims=dims, output_dir=folder)(encoder)
+    tracker.log_metrics(result.prefixed("grid"), step)
+    tracker.log_artifacts(folder, "grid")
+    return result
