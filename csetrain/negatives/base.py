@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 
@@ -45,3 +46,14 @@ class NegativeMiner(nn.Module):
 
     def after_optimizer_step(self, encoder: nn.Module, batch) -> None:
         """Called once per step after the optimizer step (queues, banks, EMA encoders)."""
+
+
+def take_saved_shapes(module: nn.Module, state_dict: dict, prefix: str, names: tuple[str, ...]):
+    """Resize buffers whose size is only known once built (an index, cluster labels) to the
+    saved tensors' shapes, so `load_state_dict` can copy into them; call it first thing in a
+    module's `_load_from_state_dict`."""
+    for name in names:
+        saved = state_dict.get(prefix + name)
+        if saved is not None:
+            device = getattr(module, name).device
+            setattr(module, name, torch.empty_like(saved, device=device))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from csetrain.config import ConfigError, config_dir, instantiate
 from csetrain.data.collate import pad
 from csetrain.modeling.frozen import FrozenEncoder, field_rows
-from csetrain.negatives.base import NegativeMiner, Negatives
+from csetrain.negatives.base import NegativeMiner, Negatives, take_saved_shapes
 
 try:  # optional: an exact inner-product index; the torch fallback gives the same neighbours
     import faiss
@@ -294,8 +294,5 @@ class MinedIndex(NegativeMiner):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The index size is only known once built: take the saved shape before loading into it.
-        for name in ("index_embeddings", "index_rows"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        take_saved_shapes(self, state_dict, prefix, ("index_embeddings", "index_rows"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.data.collate import pad
-from csetrain.negatives.base import NegativeMiner
+from csetrain.negatives.base import NegativeMiner, take_saved_shapes
 from csetrain.objectives.base import InfoNCEObjective, ObjectiveOutput
 
 StageInit = Literal["initial", "previous"]
@@ -247,10 +247,7 @@ class MCL(InfoNCEObjective):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The clustered rows are only known once a stage ends: take the saved sizes first.
-        for name in ("cluster_rows", "cluster_labels"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        take_saved_shapes(self, state_dict, prefix, ("cluster_rows", "cluster_labels"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- batches ---------------------------------------------------------------------------
