@@ -170,6 +170,9 @@ def test_fingerprint_covers_weights_and_inference_settings(tiny_backbone):
     cls, mean = SentenceEncoder(tiny_backbone, "cls"), SentenceEncoder(tiny_backbone, "mean")
     assert fingerprint(cls) == fingerprint(SentenceEncoder(tiny_backbone, "cls"))
     assert fingerprint(cls) != fingerprint(mean)  # same weights, different embeddings
+    packed = SentenceEncoder(tiny_backbone, "cls")
+    packed.packing = True  # a training setting (same embeddings): same fingerprint
+    assert fingerprint(packed) == fingerprint(cls)
     assert fingerprint(_HashedWords()) != fingerprint(_HashedWords())  # unhashable: fresh ids
 
 

@@ -65,6 +65,11 @@ def _mteb():
 # The encoder side: a csetrain encoder seen through mteb 2.x's EncoderProtocol.
 
 
+# Settings that change how training runs, never an embedding: left out so the same weights
+# share one fingerprint whether or not a trainer prepared the encoder.
+TRAINING_ONLY_SETTINGS = {"training", "packing"}
+
+
 def fingerprint(encoder) -> str:
     """sha256 over everything that shapes the embeddings: parameter/buffer bytes plus the
     encoder's plain settings (pooler, head mode, layer, dim, ...). Two checkpoints, or one
@@ -74,7 +79,9 @@ def fingerprint(encoder) -> str:
     settings = {
         k: v
         for k, v in vars(encoder).items()
-        if not k.startswith("_") and k != "training" and isinstance(v, str | int | float | None)
+        if not k.startswith("_")
+        and k not in TRAINING_ONLY_SETTINGS
+        and isinstance(v, str | int | float | None)
     }
     digest = hashlib.sha256(repr((type(encoder).__name__, sorted(settings.items()))).encode())
     # A train-only head (SimCSE's MLP) never shapes an embedding, and its seeded init would give
