@@ -8,6 +8,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def upcast(x: Tensor) -> Tensor:
+    """At least float32 for the softmax/log math: bf16/fp16 autocast outputs are upcast, float64
+    (the exactness tests) stays float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     """Cosine similarity of every row of `a` (N, D) with every row of `b` (M, D): (N, M)."""
     return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
@@ -29,7 +35,7 @@ def info_nce(
     logits = cosine_matrix(anchors, candidates) / temperature  # (B, C)
     if logit_offset is not None:
         logits = logits + logit_offset
-    return F.cross_entropy(logits.float(), targets), logits
+    return F.cross_entropy(upcast(logits), targets), logits
 
 
 def hard_negative_offset(rows: int, columns: int, start: int, weight: float, device=None) -> Tensor:
