@@ -116,7 +116,7 @@ def test_minilm_matches_sentence_transformers(minilm):
 def test_layer_and_dim_choose_the_inference_embedding(tiny_backbone):
     encoder = SentenceEncoder(tiny_backbone, pooler="mean").eval()
     batch = encoder.tokenize(SENTENCES)
-    layers = encoder.pooled_layers(batch["input_ids"], batch["attention_mask"])
+    layers = encoder.embed_layers(batch["input_ids"], batch["attention_mask"], head=False)
     assert len(layers) == encoder.num_layers
     assert torch.allclose(
         layers[-1], encoder.pooled(batch["input_ids"], batch["attention_mask"]), atol=1e-6

@@ -75,7 +75,7 @@ def test_three_steps_end_to_end(tmp_path):
     assert int(miner.filled) == 3 * 8  # batch 8, queue 160: every anchor so far
     losses = tracker.series("train/loss")
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
-    momentum = miner.momentum_encoder.embeddings.word_embeddings.weight
+    momentum = miner.momentum_encoder.backbone.embeddings.word_embeddings.weight
     online = c.encoder.transformer.embeddings.word_embeddings.weight
     assert not torch.equal(momentum, online)  # lags behind the online weights
     assert torch.allclose(momentum, online, atol=1e-2)

@@ -38,7 +38,8 @@ def test_shapes_and_the_layer_belongs_to_the_model(tiny_backbone):
     batch = encoder.tokenize(SENTENCES)
     assert encoder(batch["input_ids"], batch["attention_mask"]).shape == (3, 32)
     assert [
-        z.shape for z in encoder.pooled_layers(batch["input_ids"], batch["attention_mask"])
+        z.shape
+        for z in encoder.embed_layers(batch["input_ids"], batch["attention_mask"], head=False)
     ] == [
         (3, 32),
         (3, 32),

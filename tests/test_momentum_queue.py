@@ -40,7 +40,7 @@ def _batch(encoder, texts, step=0):
 def _reference_keys(miner, encoder, texts):
     """What SentenceEncoder itself computes with the momentum weights, dropout off, live head."""
     twin = copy.deepcopy(encoder)
-    twin.transformer.load_state_dict(miner.momentum_encoder.state_dict())
+    twin.transformer.load_state_dict(miner.momentum_encoder.backbone.state_dict())
     twin.head = encoder.head
     twin.eval()
     batch = twin.tokenize(texts)
@@ -126,7 +126,7 @@ def test_ema_by_hand_on_one_parameter():
     miner = MomentumQueue(size=4, momentum=0.9)
     miner.bind(encoder)
     online = encoder.transformer.embeddings.word_embeddings.weight
-    tracked = miner.momentum_encoder.embeddings.word_embeddings.weight
+    tracked = miner.momentum_encoder.backbone.embeddings.word_embeddings.weight
     assert torch.equal(online, tracked)  # starts as a copy of the online weights
     with torch.no_grad():
         online[5] += 1.0

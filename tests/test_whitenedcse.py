@@ -88,7 +88,7 @@ def test_each_view_gets_its_own_permutation(tiny_encoder):
     torch.manual_seed(0)
     perms = [torch.randperm(32) for _ in range(3)]
     assert not torch.equal(perms[0], perms[1]) and not torch.equal(perms[1], perms[2])
-    pooled = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4], apply_head=False)
+    pooled = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4], head=False)
     for view, perm in zip((a, p, q), perms):
         assert torch.allclose(view, shuffled_group_whiten(pooled, perm, 8), atol=1e-5)
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 from csetrain.config import ConfigError
 from csetrain.eval.sts import YEARS, EvalResult, STSEvaluator
 
@@ -40,15 +37,6 @@ def hydra_run_dir() -> Path | None:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-
-
-def layer_embeddings(encoder, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The inference embedding of every layer 1..L from one forward: (N, T) -> (N, L, D).
-    Mirrors `SentenceEncoder.inference` (head only if `always`), without the `dim` cut."""
-    layers = encoder.pooled_layers(input_ids, attention_mask)  # L x (N, D)
-    if encoder.mlp_head == "always":
-        layers = [encoder.head(z) for z in layers]
-    return torch.stack(layers, dim=1)
 
 
 class GridEvaluator:
@@ -100,8 +88,6 @@ class GridEvaluator:
 
     def cells(self, encoder) -> tuple[list[int], list[int]]:
         """(layers, dims) for this encoder, checked against its depth and width."""
-        if getattr(encoder, "prefix_encoders", None):  # MCL stacks: their parts have no layers
-            raise ConfigError("eval=grid scores one encoder's layers: this model stacks several")
         depth, width = encoder.num_layers, encoder.hidden_size
         layers = self.layers or list(range(1, depth + 1))
         dims = self.dims or default_dims(width)
@@ -115,8 +101,9 @@ class GridEvaluator:
         """Spearman x100 of every cell: one encoding pass, then slices of the same vectors."""
         layers, dims = self.cells(encoder)
         unique = self.sts.sentences()
-        embed = lambda ids, mask: layer_embeddings(encoder, ids, mask)  # noqa: E731
-        vectors = encoder.encode(unique, self.sts.batch_size, self.sts.progress, embed=embed)
+        vectors = encoder.encode(
+            unique, self.sts.batch_size, self.sts.progress, embed=encoder.inference_layers
+        )
         return {
             layer: {d: self.sts.score(unique, vectors[:, layer - 1, :d]).primary for d in dims}
             for layer in layers

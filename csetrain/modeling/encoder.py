@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
+from csetrain.modeling.drophead import drop_heads
+from csetrain.modeling.momentum import MomentumEncoder
 from csetrain.modeling.packing import packed_last_hidden_state, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
 
@@ -33,7 +38,7 @@ class SentenceEncoder(nn.Module):
 
     `layer` and `dim` choose the inference embedding (2D Matryoshka models): pool hidden layer
     `layer` (1..L; None = last) and keep its first `dim` coordinates (None = all). Training
-    always sees the full model; objectives that need other layers call `pooled_layers`.
+    always sees the full model; objectives that need other layers call `embed_layers`.
 
     `latent_attention` sizes the trained pooler `pooler=latent_attention` (NV-Embed,
     csetrain/modeling/latent_attention.py); its layer is `pooling_layer`, part of the model.
@@ -49,8 +54,6 @@ class SentenceEncoder(nn.Module):
         latent_attention: dict | None = None,
     ) -> None:
         super().__init__()
-        from csetrain.config import ConfigError
-
         if mlp_head not in ("none", "train_only", "always"):
             raise ConfigError(
                 f"model.mlp_head='{mlp_head}' is unknown: choose none, train_only or always"
@@ -98,50 +101,136 @@ class SentenceEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def config(self):
+        """The backbone's Hugging Face config (sizes, activation, vocabulary, checkpoint path)."""
+        return self.transformer.config
+
+    # --- training embeddings -------------------------------------------------------------------
     def _hidden_states(
-        self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool
+        self, input_ids: Tensor, attention_mask: Tensor, all_layers: bool, backbone=None
     ) -> tuple[Tensor, ...]:
-        if self.packing and self.training and not all_layers and supports_packing(self.transformer):
-            return (packed_last_hidden_state(self.transformer, input_ids, attention_mask),)
-        out = self.transformer(
+        # Packing is a training setting of this encoder's own forward (a momentum copy's keys
+        # are computed padded, in eval mode).
+        packed = backbone is None and self.packing and self.training and not all_layers
+        backbone = self.transformer if backbone is None else backbone
+        if packed and supports_packing(backbone):
+            return (packed_last_hidden_state(backbone, input_ids, attention_mask),)
+        out = backbone(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
         )
         return out.hidden_states if all_layers else (out.last_hidden_state,)
 
-    def pooled(self, input_ids: Tensor, attention_mask: Tensor, layer: int | None = None) -> Tensor:
-        """Pooled output of hidden layer `layer` (None: last), before any head: (N, L) -> (N, D)."""
+    def pooled(
+        self, input_ids: Tensor, attention_mask: Tensor, layer: int | None = None, backbone=None
+    ) -> Tensor:
+        """Pooled output of hidden layer `layer` (None: last), before any head: (N, L) -> (N, D).
+        `backbone` replaces the transformer (a momentum copy) while pooling stays this one's."""
         all_layers = self.pooler in NEEDS_ALL_LAYERS or layer is not None
-        states = self._hidden_states(input_ids, attention_mask, all_layers)
+        states = self._hidden_states(input_ids, attention_mask, all_layers, backbone)
         if layer is not None:
             states = states[: layer + 1]  # states[0] is the embedding output
         return pool(self.pooler, states, attention_mask, self.pooling_layer)
 
-    def pooled_layers(self, input_ids: Tensor, attention_mask: Tensor) -> list[Tensor]:
-        """Pooled output of every transformer layer 1..L from one forward: L x (N, D)."""
+    def project(self, z: Tensor) -> Tensor:
+        """The training head (SimCSE's MLP) on pooled vectors; the identity without one."""
+        return z if self.head is None else self.head(z)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, head: bool = True) -> Tensor:
+        """Training-time embeddings (last layer, full size, the head unless `head=False`):
+        (N, L) -> (N, D)."""
+        z = self.pooled(input_ids, attention_mask)
+        return self.project(z) if head else z
+
+    def embed_layers(
+        self, input_ids: Tensor, attention_mask: Tensor, head: bool = True
+    ) -> list[Tensor]:
+        """Training embeddings of every transformer layer 1..L from one forward: L x (N, D)."""
         states = self._hidden_states(input_ids, attention_mask, all_layers=True)
-        return [
+        pooled = [
             pool(self.pooler, states[: k + 1], attention_mask, self.pooling_layer)
             for k in range(1, len(states))
         ]
+        return [self.project(z) for z in pooled] if head else pooled
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, apply_head: bool = True) -> Tensor:
-        """Training-time embeddings (last layer, full size, the head if any): (N, L) -> (N, D)."""
-        z = self.pooled(input_ids, attention_mask)
-        if apply_head and self.head is not None:
-            z = self.head(z)
-        return z
+    def token_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The backbone's last hidden states (N, L, H), unpacked (token-level objectives: MLM)."""
+        return self.transformer(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
+
+    def input_embeddings(self) -> Tensor:
+        """The token embedding matrix (V, H), live (a tied MLM decoder reads it every step)."""
+        return self.transformer.get_input_embeddings().weight
+
+    @contextmanager
+    def drophead(self, p: float):
+        """Training forwards with drophead (whole attention heads dropped per row, probability p);
+        padded layout for the duration, since drophead draws per row (modeling/drophead.py)."""
+        packing, self.packing = self.packing, self.packing and not p
+        try:
+            with drop_heads(self.transformer, p):
+                yield self
+        finally:
+            self.packing = packing
+
+    # --- inference embeddings --------------------------------------------------------------------
+    def _inference_head(self, z: Tensor) -> Tensor:
+        return self.head(z) if self.mlp_head == "always" else z
 
     def inference(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The embedding evaluation sees: chosen layer, head only if `always`, first `dim` dims."""
-        z = self.pooled(input_ids, attention_mask, self.layer)
-        if self.mlp_head == "always":
-            z = self.head(z)
+        z = self._inference_head(self.pooled(input_ids, attention_mask, self.layer))
         z = z[:, : self.dim] if self.dim else z
         if not self.prefix_encoders:
             return z
         # Each part unit-normalised: the cosine of the concatenation is the mean of the parts'.
         parts = [_frozen_inference(e, input_ids, attention_mask) for e in self.prefix_encoders]
         return torch.cat([F.normalize(p.float(), dim=-1) for p in [*parts, z]], dim=-1)
+
+    def inference_layers(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """The inference embedding of every layer 1..L from one forward, without the `dim` cut:
+        (N, T) -> (N, L, D). A stack of several encoders has no such grid."""
+        if self.prefix_encoders:
+            raise ConfigError("eval=grid scores one encoder's layers: this model stacks several")
+        layers = self.embed_layers(input_ids, attention_mask, head=False)
+        return torch.stack([self._inference_head(z) for z in layers], dim=1)
+
+    # --- copies and stages -------------------------------------------------------------------------
+    def frozen_copy(self) -> SentenceEncoder:
+        """A weight-holding copy for inference only (no gradient, eval mode), sharing the tokenizer
+        and any earlier stages, without stages of its own."""
+        shared = [self.tokenizer, *self.prefix_encoders]
+        clone = copy.deepcopy(self, memo={id(obj): obj for obj in shared})
+        clone.prefix_encoders = []
+        return clone.requires_grad_(False).eval()
+
+    def ema_copy(self, momentum: float) -> MomentumEncoder:
+        """An exponential-moving-average copy of the backbone (modeling/momentum.py)."""
+        return MomentumEncoder(self, momentum)
+
+    def stack_before(self, encoders: list[SentenceEncoder]) -> None:
+        """Frozen encoders whose unit-normalised inference embeddings precede this one's (MCL's
+        stages). A plain list: never optimised, never in this module's state_dict."""
+        self.prefix_encoders = list(encoders)
+
+    def stacked_before(self) -> list[SentenceEncoder]:
+        """The frozen encoders stacked in front of this one (empty for a single encoder)."""
+        return list(self.prefix_encoders)
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """A detached copy of every weight, for `restore`."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def restore(self, snapshot: dict[str, Tensor]) -> None:
+        """Copy a snapshot's weights back in place: the parameter tensors stay the same objects,
+        so an optimizer holding them keeps them (and its moment estimates)."""
+        self.load_state_dict(snapshot)
+
+    def compile_backbone(self) -> None:
+        """torch.compile the transformer in place (state-dict keys unchanged, so checkpoints and
+        exports are the same as uncompiled); batch shapes vary with dynamic padding."""
+        self.transformer.compile(dynamic=True)
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""

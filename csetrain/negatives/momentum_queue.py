@@ -6,13 +6,10 @@ of those embeddings are extra negatives for the next steps' anchors.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
 from csetrain.config import ConfigError, CsetrainError
-from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, pool
 from csetrain.negatives.base import NegativeMiner, Negatives
 
 
@@ -24,9 +21,9 @@ class MomentumQueue(NegativeMiner):
     Batch fields: `anchor` (any objective with anchors: esimcse, simcse_unsup, simcse_sup).
     Keys: the momentum encoder's pooled embedding of the anchor rows (the original sentences,
     not the augmented view), with dropout off and no gradient, passed through the *live* MLP head
-    when the encoder has one (`encoder.head`), as ESimCSE's code does.
-    Momentum encoder: a copy of `encoder.transformer` only (not the head), EMA of the
-    parameters only (not buffers), m = 0.995.
+    when the encoder has one (`encoder.project`), as ESimCSE's code does.
+    Momentum encoder: `encoder.ema_copy(m)` (modeling/momentum.py), an EMA of the backbone's
+    parameters only (not buffers, not the head), m = 0.995.
 
     Ordering. ESimCSE, at step t with online weights w_t: (1) EMA m_t = m*m_{t-1} + (1-m)*w_t
     inside the forward, (2) loss with the queue, (3) enqueue keys of batch t from m_t, then the
@@ -62,13 +59,11 @@ class MomentumQueue(NegativeMiner):
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # valid rows, <= K
 
     def bind(self, encoder: nn.Module, dataset=None) -> None:
-        """Create the momentum encoder (a frozen copy of `encoder.transformer`) and size the queue."""
+        """Create the momentum encoder (an EMA copy of the encoder's backbone) and size the queue."""
         if self.momentum_encoder is not None:
             return
-        momentum_encoder = copy.deepcopy(encoder.transformer).requires_grad_(False).eval()
-        self.momentum_encoder = momentum_encoder
-        device = next(encoder.transformer.parameters()).device
-        self.queue = torch.zeros(self.size, encoder.hidden_size, device=device)
+        self.momentum_encoder = encoder.ema_copy(self.momentum)
+        self.queue = torch.zeros(self.size, encoder.hidden_size, device=encoder.device)
 
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
         if int(self.filled) == 0:
@@ -84,20 +79,10 @@ class MomentumQueue(NegativeMiner):
         self.enqueue(self.keys(encoder, ids, mask))
         self.ema_update(encoder)
 
-    @torch.no_grad()
     def keys(self, encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Momentum-encoder embeddings (dropout off, no grad, live head): (B, L) -> (B, D)."""
         width = int(attention_mask.sum(1).max())  # the anchors' own padding, not the positives'
-        input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
-        self.momentum_encoder.eval()
-        all_layers = encoder.pooler in NEEDS_ALL_LAYERS
-        out = self.momentum_encoder(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
-        )
-        states = out.hidden_states if all_layers else (out.last_hidden_state,)
-        # the live pooling layer (latent_attention), like the live head below
-        z = pool(encoder.pooler, states, attention_mask, encoder.pooling_layer)
-        return encoder.head(z) if encoder.head is not None else z
+        return self.momentum_encoder.embed(encoder, input_ids[:, :width], attention_mask[:, :width])
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
@@ -105,12 +90,9 @@ class MomentumQueue(NegativeMiner):
         self.queue.copy_(torch.cat([self.queue, keys.to(self.queue.dtype)])[-self.size :])
         self.filled.fill_(min(self.size, int(self.filled) + len(keys)))
 
-    @torch.no_grad()
     def ema_update(self, encoder: nn.Module) -> None:
         """momentum_param = m * momentum_param + (1 - m) * online_param (parameters only)."""
-        pairs = zip(self.momentum_encoder.parameters(), encoder.transformer.parameters())
-        for tracked, online in pairs:
-            tracked.mul_(self.momentum).add_(online.detach(), alpha=1.0 - self.momentum)
+        self.momentum_encoder.update(encoder)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         if self.momentum_encoder is None and any(
@@ -118,6 +100,6 @@ class MomentumQueue(NegativeMiner):
         ):
             raise CsetrainError(
                 "negative_mining=momentum_queue: call miner.bind(encoder) before load_state_dict "
-                "(the momentum encoder is a copy of the encoder's transformer)"
+                "(the momentum encoder is a copy of the encoder's backbone)"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

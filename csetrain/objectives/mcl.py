@@ -14,7 +14,6 @@ top of the module.
 
 from __future__ import annotations
 
-import copy
 import weakref
 from typing import Literal
 
@@ -146,7 +145,7 @@ class MCL(InfoNCEObjective):
 
     Inference (dev evaluation, the saved model, `csetrain eval`): the frozen stages' embeddings
     and the live model's, each unit-normalised, concatenated in stage order
-    (`SentenceEncoder.prefix_encoders`), so the cosine of two sentences is the mean of the
+    (`SentenceEncoder.stack_before`), so the cosine of two sentences is the mean of the
     stages' cosines. The sentence-transformers folder cannot express parallel transformers: it
     holds the last stage as the loadable model and the earlier ones in `prefix_<i>/` subfolders
     that csetrain's loader concatenates (`SentenceTransformer(path)` gives the last stage only).
@@ -178,7 +177,6 @@ class MCL(InfoNCEObjective):
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         temperature: float = 0.05,
         stages: int = 2,
         max_steps: int = 1000,
@@ -190,7 +188,7 @@ class MCL(InfoNCEObjective):
         encode_batch_size: int = 256,
         seed: int = 0,
     ) -> None:
-        super().__init__(miner, regularizers, temperature)
+        super().__init__(miner, temperature)
         if stage_init not in ("initial", "previous"):
             raise ConfigError(
                 f"objective.stage_init='{stage_init}' is unknown: choose initial or previous"
@@ -224,26 +222,16 @@ class MCL(InfoNCEObjective):
         self._encoder = weakref.ref(encoder)  # the live encoder: not a submodule, not saved
         self._token_ids = dataset["anchor_ids"]
         # A model that already concatenates (a saved MCL model) keeps its stages in front.
-        self._outer_prefixes = list(getattr(encoder, "prefix_encoders", []))
-        self._initial_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
-        self.frozen_stages = nn.ModuleList(
-            self._frozen_copy(encoder) for _ in range(self.stages - 1)
-        )
-
-    @staticmethod
-    def _frozen_copy(encoder: nn.Module) -> nn.Module:
-        """A weight-holding copy of the encoder (tokenizer and earlier prefixes shared)."""
-        shared = [encoder.tokenizer, *getattr(encoder, "prefix_encoders", [])]
-        clone = copy.deepcopy(encoder, memo={id(obj): obj for obj in shared})
-        clone.prefix_encoders = []
-        return clone.requires_grad_(False).eval()
+        self._outer_prefixes = encoder.stacked_before()
+        self._initial_state = encoder.snapshot()
+        self.frozen_stages = nn.ModuleList(encoder.frozen_copy() for _ in range(self.stages - 1))
 
     def _attach_stages(self) -> None:
         """The live encoder's inference concatenates the stages finished so far."""
         encoder = self._encoder() if self._encoder is not None else None
         if encoder is not None:
             done = list(self.frozen_stages[: int(self.completed_stages)])
-            encoder.prefix_encoders = self._outer_prefixes + done
+            encoder.stack_before(self._outer_prefixes + done)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The clustered rows are only known once a stage ends: take the saved sizes first.
@@ -277,7 +265,7 @@ class MCL(InfoNCEObjective):
     def finish_stage(self, encoder: nn.Module) -> None:
         """Freeze the stage's model, cluster the corpus with it, start the next stage."""
         stage = int(self.completed_stages)
-        self.frozen_stages[stage].load_state_dict(encoder.state_dict())
+        self.frozen_stages[stage].restore(encoder.state_dict())
         if self.cluster_rows.numel() == 0:  # the same rows every stage, so labels combine
             self.cluster_rows = self._sample_rows().to(self.steps.device)
         points = self.embed_rows(encoder, self.cluster_rows.tolist())
@@ -287,7 +275,7 @@ class MCL(InfoNCEObjective):
         self.cluster_labels = combine_labels(self.cluster_labels, labels.to(self.steps.device))
         self.completed_stages += 1
         if self.stage_init == "initial":
-            encoder.load_state_dict(self._initial_state)
+            encoder.restore(self._initial_state)
         self._attach_stages()
 
     def _sample_rows(self) -> Tensor:

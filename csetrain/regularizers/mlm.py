@@ -93,7 +93,7 @@ def pretrained_head_state(name_or_path: str) -> dict[str, Tensor]:
 class MLM(nn.Module):
     """mlm_weight * masked-LM cross-entropy on the anchors, added to the objective's loss.
 
-    It runs its own forward pass of `encoder.transformer` on a masked copy of the batch's anchor
+    It runs its own forward pass of the encoder's backbone (`encoder.token_states`) on a masked copy of the batch's anchor
     tokens (`mlm_probability` 0.15, BERT's 80/10/10) and predicts the chosen tokens. Head: BERT's
     structure, a transform (dense, activation, LayerNorm) and an output bias of its own, with the
     decoder *tied* to the live encoder's input embeddings (read at every forward). Its weights come
@@ -128,7 +128,7 @@ class MLM(nn.Module):
         """Build the head for `encoder`: its sizes, mask/special ids and any pretrained MLM head."""
         if self.transform is not None:
             return
-        config, tokenizer = encoder.transformer.config, encoder.tokenizer
+        config, tokenizer = encoder.config, encoder.tokenizer
         if tokenizer.mask_token_id is None:
             raise ConfigError(
                 "regularizer.mlm: the model's tokenizer has no mask token; choose a BERT/RoBERTa model"
@@ -152,12 +152,12 @@ class MLM(nn.Module):
         masked, labels = mask_tokens(
             ids, mask, self.special_ids, self.mask_id, self.vocab_size, self.mlm_probability
         )
-        hidden = encoder.transformer(input_ids=masked, attention_mask=mask).last_hidden_state
+        hidden = encoder.token_states(masked, mask)  # (B, L, H)
         chosen = labels != IGNORE  # (B, L)
         if not chosen.any():  # a batch of very short sentences can draw no token
             zero = hidden.sum() * 0.0
             return ObjectiveOutput(zero, {"unweighted_loss": zero.detach()})
-        embeddings = encoder.transformer.get_input_embeddings().weight  # (V, H), tied decoder
+        embeddings = encoder.input_embeddings()  # (V, H), tied decoder
         logits = F.linear(self.transform(hidden[chosen]), embeddings, self.bias)  # (N, V)
         loss = F.cross_entropy(logits.float(), labels[chosen])
         accuracy = (logits.detach().argmax(-1) == labels[chosen]).float().mean()
