@@ -1,68 +1,79 @@
 """GradCache (Gao et al. 2021, arXiv 2101.06983): a batch of any size in the memory of a chunk.
 
-Pass 1 embeds the batch chunk by chunk without a graph, recording the RNG state before each
-chunk; the loss runs once on the detached embeddings and its gradient w.r.t. them is cached;
-pass 2 re-embeds each chunk with a graph, *replaying the recorded RNG state* so dropout draws
-the same masks (otherwise unsupervised SimCSE's two views would differ between the passes), and
-back-propagates the cached gradient. Parameter gradients equal those of the chunked forward in
-one graph; with dropout off they equal the full-batch gradients.
+`GradCache(objective, chunk_size, runtime)` is a wrapper the objective runs through: its forward
+embeds the batch `chunk_size` examples at a time (every view of each example, through the
+objective's own `embed`) without a graph, recording the device RNG state before each chunk, and
+runs the objective's loss once on those embeddings, held as leaves of the graph. When the loop
+calls `backward` on that loss, the gradient reaching the embeddings is the cache: each chunk is
+embedded again with a graph, *replaying its recorded RNG state* so dropout draws the same masks
+(otherwise unsupervised SimCSE's two views would differ between the passes), and the cached
+gradient is back-propagated through it (as sentence-transformers' cached losses do). Parameter
+gradients equal those of the chunked forward in one graph; with dropout off they equal the
+full-batch gradients.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
-from csetrain.objectives.base import ObjectiveOutput
+from csetrain.losses import upcast
+from csetrain.objectives.base import ObjectiveOutput, ObjectiveWrapper
 
 
-def _chunks(rows: int, size: int) -> list[tuple[int, int]]:
-    return [(start, min(start + size, rows)) for start in range(0, rows, size)]
+class _ReplayOnBackward(torch.autograd.Function):
+    """Identity on the cached embeddings; its backward hands their gradients to `replay`."""
+
+    @staticmethod
+    def forward(ctx, replay, *embeddings: Tensor):
+        ctx.replay = replay
+        return tuple(e.view_as(e) for e in embeddings)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        ctx.replay(grads)
+        return (None, *(None for _ in grads))
 
 
-def _rng_state(device: torch.device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+class GradCache(ObjectiveWrapper):
+    """Runs `objective` with its embedding done in chunks of `chunk_size` examples."""
 
+    def __init__(self, objective: nn.Module, chunk_size: int, runtime) -> None:
+        super().__init__(objective)
+        if not getattr(objective, "row_wise_embed", True):
+            raise ConfigError(
+                f"{type(objective).__name__} embeds the batch as a whole (its rows are coupled): "
+                "set trainer.grad_cache.chunk_size=0"
+            )
+        self.chunk_size, self.runtime = chunk_size, runtime
 
-def _set_rng_state(device: torch.device, state) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
+    def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
+        return self.objective(encoder, batch, embed=self.cached_embed)
 
+    def cached_embed(self, encoder: nn.Module, batch: Batch) -> dict[str, Tensor]:
+        """Pass 1: the views of every chunk, no graph; leaves whose backward runs pass 2."""
+        spans = [
+            (start, min(start + self.chunk_size, batch.size))
+            for start in range(0, batch.size, self.chunk_size)
+        ]
+        chunks = [batch.examples(start, end) for start, end in spans]
+        states, parts = [], []
+        with torch.no_grad():
+            for chunk in chunks:
+                states.append(self.runtime.rng_state())
+                parts.append(self.objective.embed(encoder, chunk))
+        names = list(parts[0])
+        cached = [torch.cat([upcast(p[n]) for p in parts]).requires_grad_() for n in names]
 
-def _embed_chunk(encoder, batch: Batch, start: int, end: int) -> Tensor:
-    mask = batch.attention_mask[start:end]
-    width = int(mask.sum(1).max())  # trim the chunk's own padding
-    return encoder(batch.input_ids[start:end, :width], mask[:, :width])
+        def replay(grads: tuple[Tensor, ...]) -> None:
+            with torch.enable_grad(), self.runtime.fork_rng():
+                for (start, end), chunk, state in zip(spans, chunks, states):
+                    self.runtime.set_rng_state(state)
+                    with self.runtime.autocast():
+                        views = self.objective.embed(encoder, chunk)
+                    outputs = [upcast(views[n]) for n in names]
+                    torch.autograd.backward(outputs, [g[start:end] for g in grads])
 
-
-def grad_cache_step(objective, encoder, batch: Batch, chunk_size: int, runtime) -> ObjectiveOutput:
-    """Forward + backward of `objective` on `batch`, `chunk_size` rows of the encoder at a time.
-    Leaves the gradients in `.grad` like `runtime.backward(objective(encoder, batch).loss)`."""
-    objective.miner.observe(batch)  # as objective.forward does
-    device = batch.input_ids.device
-    spans = _chunks(batch.input_ids.shape[0], chunk_size)
-    states, parts = [], []
-    with torch.no_grad():
-        for start, end in spans:
-            states.append(_rng_state(device))
-            with runtime.autocast():
-                parts.append(_embed_chunk(encoder, batch, start, end))
-    embeddings = (
-        torch.cat(parts).float().requires_grad_()
-    )  # (F*B, D), a leaf: its grad is the cache
-    with runtime.autocast():
-        views = batch.split(embeddings)
-        out = objective.add_regularizers(objective.loss(views, batch), views, batch, encoder)
-    runtime.backward(out.loss)  # loss-scaled under fp16, consistently with pass 2
-    cached = embeddings.grad
-    after = _rng_state(device)
-    for (start, end), state in zip(spans, states):
-        _set_rng_state(device, state)
-        with runtime.autocast():
-            part = _embed_chunk(encoder, batch, start, end)
-        part.float().backward(cached[start:end])
-    _set_rng_state(device, after)
-    return ObjectiveOutput(out.loss.detach(), out.metrics)
+        return dict(zip(names, _ReplayOnBackward.apply(replay, *cached)))

@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from csetrain.config import CsetrainError
-from csetrain.grad_cache import grad_cache_step
 from csetrain.runtime import stop_requests
 
 
@@ -63,15 +62,6 @@ def _evaluate(c: Components, step: int, best: FitResult) -> None:
         best.best_metric, best.best_step = result.primary, step
         c.checkpointer.save_best(c.encoder, step, f"eval/{result.primary_key}", result.primary)
     c.encoder.train()
-
-
-def _forward_backward(c: Components, batch, chunk_size: int):
-    if chunk_size:
-        return grad_cache_step(c.objective, c.encoder, batch, chunk_size, c.runtime)
-    with c.runtime.autocast():
-        out = c.objective(c.encoder, batch)
-    c.runtime.backward(out.loss)
-    return out
 
 
 def _log_step(c: Components, out, grad_norm, done: int, window: dict) -> float:
@@ -145,7 +135,9 @@ def fit(c: Components, cfg, start_step: int = 0, resumed: dict | None = None) ->
             # the global batch, sharded per rank; an objective may re-draw its rows (MCL)
             rows = token_rows[c.objective.batch_indices(step, c.sampler.indices(step))]
             batch = c.runtime.move(c.collator(rows, step).shard(c.runtime.rank, c.runtime.world))
-            out = _forward_backward(c, batch, cfg.grad_cache.chunk_size)
+            with c.runtime.autocast():
+                out = c.objective(c.encoder, batch)  # GradCache and regularizers wrap it
+            c.runtime.backward(out.loss)
             grad_norm = c.runtime.step(c.optimizer, params)
             c.scheduler.step()
             c.objective.after_optimizer_step(c.encoder, batch)

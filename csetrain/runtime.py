@@ -62,7 +62,7 @@ class Runtime:
         encoder = encoder.to(self.device)
         encoder.packing = packing
         if compile_model:
-            encoder.transformer.compile(dynamic=True)  # batch shapes vary with dynamic padding
+            encoder.compile_backbone()
         return encoder
 
     def move(self, batch):
@@ -71,6 +71,23 @@ class Runtime:
         if self.device.type != "cuda":
             return batch
         return batch.pin_memory().to(self.device, non_blocking=True)
+
+    def rng_state(self) -> torch.Tensor:
+        """The state of the generator dropout draws from on this device."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_rng_state(self.device)
+        return torch.get_rng_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        else:
+            torch.set_rng_state(state)
+
+    def fork_rng(self):
+        """A block whose random draws leave this device's (and the CPU's) generator as it was."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
 
     @property
     def is_main(self) -> bool:

@@ -20,6 +20,7 @@ from csetrain.data.sources import load_corpus
 from csetrain.eval.grid import grid_after_training
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
+from csetrain.grad_cache import GradCache
 from csetrain.loop import Components, Interrupted, fit
 from csetrain.objectives.matryoshka_2d import Matryoshka2D
 from csetrain.plots import (
@@ -30,6 +31,7 @@ from csetrain.plots import (
     score_start,
     write_run_plots,
 )
+from csetrain.regularizers.regularized import Regularized
 from csetrain.runtime import Runtime, init_distributed, lr_lambda, seed_everything
 from csetrain.tracking import NullTracker, git_info, make_tracker
 
@@ -113,14 +115,17 @@ def check_fields(objective, corpus, cfg: DictConfig) -> None:
         )
 
 
-def build_objective(cfg: DictConfig):
-    """The objective with its miner and any regularizers (`regularizer=[name,...]`)."""
+def build_objective(cfg: DictConfig, runtime=None):
+    """The objective with its miner, run through GradCache (`trainer.grad_cache.chunk_size`,
+    with a runtime) and any regularizers (`regularizer=[name,...]`) as wrappers."""
+    objective = instantiate(cfg.objective, miner=instantiate(cfg.negative_mining))
+    chunk_size = cfg.trainer.grad_cache.chunk_size if runtime is not None else 0
+    if chunk_size:
+        objective = GradCache(objective, chunk_size, runtime)
     regularizers = {
         name: instantiate(node) for name, node in (cfg.get("regularizer") or {}).items()
     }
-    return instantiate(
-        cfg.objective, miner=instantiate(cfg.negative_mining), regularizers=regularizers
-    )
+    return Regularized(objective, regularizers) if regularizers else objective
 
 
 def dev_evaluator(cfg: DictConfig):
@@ -139,11 +144,7 @@ def build(
     trainer = settings["trainer"]
     runtime = Runtime(trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
-    objective = build_objective(cfg).to(runtime.device)
-    if trainer.grad_cache.chunk_size and not objective.supports_grad_cache:
-        raise ConfigError(
-            f"{type(objective).__name__} does not support GradCache: set trainer.grad_cache.chunk_size=0"
-        )
+    objective = build_objective(cfg, runtime).to(runtime.device)
     corpus = load_corpus(cfg.data)  # with the option's instruction, if any
     check_fields(objective, corpus, cfg)
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings["paths"].cache_dir)
@@ -355,8 +356,9 @@ def _train_and_test(
     references = never_fail("published baselines", published_references, str(cfg.eval.protocol))
     plots = (run_dir, c.tracker, history, dev_label, test_metrics, references)
     never_fail("plots", write_run_plots, *plots)
-    if isinstance(c.objective, Matryoshka2D):  # trained for every (layer, size): show them all
-        args = (c.objective, c.evaluator, best, run_dir, c.tracker, fitted.best_step)
+    objective = getattr(c.objective, "inner", c.objective)  # under GradCache / regularizers
+    if isinstance(objective, Matryoshka2D):  # trained for every (layer, size): show them all
+        args = (objective, c.evaluator, best, run_dir, c.tracker, fitted.best_step)
         never_fail("the layer x dim grid", grid_after_training, *args)
     selection = fitted.best_metric if fitted.history else float("nan")
     return TrainSummary(selection, {**test_metrics, **summary}, run_dir=str(run_dir))

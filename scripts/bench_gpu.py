@@ -18,7 +18,7 @@ from transformers import BertConfig, BertModel
 
 from csetrain.config import TrainerConfig
 from csetrain.data.collate import Batch
-from csetrain.grad_cache import grad_cache_step
+from csetrain.grad_cache import GradCache
 from csetrain.modeling.backbones import Backbone
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.objectives.simcse_unsup import SimCSEUnsup
@@ -59,18 +59,17 @@ def measure(
     runtime = Runtime(cfg)
     encoder = runtime.prepare(bert_base(runtime.device), compile_model)
     objective = SimCSEUnsup().to(runtime.device)
+    if chunk:
+        objective = GradCache(objective, chunk, runtime)
     params = [p for p in encoder.parameters() if p.requires_grad]
     optimizer = runtime.optimizer(params, 3e-5, 0.0)
     data = random_batch(batch, length, runtime.device)
     torch.cuda.reset_peak_memory_stats()
 
     def step():
-        if chunk:
-            grad_cache_step(objective, encoder, data, chunk, runtime)
-        else:
-            with runtime.autocast():
-                out = objective(encoder, data)
-            runtime.backward(out.loss)
+        with runtime.autocast():
+            out = objective(encoder, data)
+        runtime.backward(out.loss)
         runtime.step(optimizer, params)
 
     for _ in range(5 if not compile_model else 10):  # warm-up (and compilation)

@@ -12,6 +12,7 @@ from csetrain.modeling.backbones import from_pretrained, tiny
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.objectives.simcse_unsup import SimCSEUnsup
 from csetrain.regularizers.mlm import IGNORE, MLM, mask_tokens
+from csetrain.regularizers.regularized import Regularized
 
 from .test_objectives import _unsup_batch
 
@@ -109,7 +110,7 @@ def test_adds_to_an_objective(tiny_encoder):
     mlm = MLM()
     mlm.bind(tiny_encoder)
     batch = _unsup_batch(tiny_encoder)
-    out = SimCSEUnsup(regularizers={"mlm": mlm})(tiny_encoder, batch)
+    out = Regularized(SimCSEUnsup(), {"mlm": mlm})(tiny_encoder, batch)
     assert out.metrics["mlm_loss"].item() > 0
     assert out.loss.item() == pytest.approx(
         out.metrics["objective_loss"].item() + out.metrics["mlm_loss"].item(), rel=1e-5

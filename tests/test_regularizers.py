@@ -8,6 +8,7 @@ import torch
 from csetrain.losses import alignment, uniformity
 from csetrain.objectives.simcse_unsup import SimCSEUnsup
 from csetrain.regularizers.align_uniform import AlignUniform
+from csetrain.regularizers.regularized import Regularized
 
 from .test_config import _compose
 from .test_objectives import _unsup_batch
@@ -34,7 +35,7 @@ def test_regularizer_adds_its_weighted_terms(tiny_encoder):
     tiny_encoder.eval()
     plain = SimCSEUnsup()(tiny_encoder, batch)
     reg = AlignUniform(align_weight=0.5, uniform_weight=0.25)
-    out = SimCSEUnsup(regularizers={"align_uniform": reg})(tiny_encoder, batch)
+    out = Regularized(SimCSEUnsup(), {"align_uniform": reg})(tiny_encoder, batch)
     views = SimCSEUnsup().embed(tiny_encoder, batch)
     a, p = views["anchor"], views["positive"]
     extra = 0.5 * alignment(a, p) + 0.25 * (uniformity(a) + uniformity(p)) / 2

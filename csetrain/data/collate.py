@@ -35,22 +35,26 @@ class Batch:
             self.input_ids.pin_memory(), self.attention_mask.pin_memory(), self.fields, self.size
         )
 
+    def examples(self, start: int, end: int) -> Batch:
+        """Examples [start, end) with every field, their own padding only (GradCache chunks)."""
+        rows = torch.cat(
+            [
+                torch.arange(f * self.size + start, f * self.size + end)
+                for f in range(len(self.fields))
+            ]
+        )
+        mask = self.attention_mask[rows]
+        width = int(mask.sum(1).max())
+        return Batch(self.input_ids[rows, :width], mask[:, :width], self.fields, end - start)
+
     def shard(self, rank: int, world: int) -> Batch:
-        """This rank's 1/world of every field (DDP): rows [rank*b, (rank+1)*b) of each field."""
+        """This rank's 1/world of every field (DDP): examples [rank*b, (rank+1)*b)."""
         if world == 1:
             return self
         if self.size % world:
             raise ValueError(f"batch of {self.size} does not split over {world} ranks")
         b = self.size // world
-        rows = torch.cat(
-            [
-                torch.arange(f * self.size + rank * b, f * self.size + (rank + 1) * b)
-                for f in range(len(self.fields))
-            ]
-        )
-        mask = self.attention_mask[rows]
-        width = int(mask.sum(1).max())  # this shard's own padding only
-        return Batch(self.input_ids[rows, :width], mask[:, :width], self.fields, b)
+        return self.examples(rank * b, (rank + 1) * b)
 
     def split(self, z: Tensor) -> dict[str, Tensor]:
         """(F*B, D) embeddings -> {field: (B, D)}."""

@@ -19,25 +19,22 @@ from csetrain.runtime import gather_with_grad, rank_and_world
 class ObjectiveOutput:
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)  # tensors: `.item()` only when logged
+    views: dict[str, Tensor] | None = None  # the embedded views the loss saw (for regularizers)
 
 
 class Objective(nn.Module):
     """Base class. `data_fields`: what the corpus must provide; `augmented_positive`: the
-    `positive` view is built from the anchor by the augmentation (self-supervised)."""
+    `positive` view is built from the anchor by the augmentation (self-supervised);
+    `row_wise_embed`: `embed` of a sub-batch gives those rows' views of the whole batch, so
+    GradCache may embed in chunks (false when embedding couples the rows, e.g. whitening)."""
 
     data_fields: tuple[str, ...] = ("anchor",)
     augmented_positive: bool = False
-    # GradCache re-runs the encoder on chunks of the batch rows and calls `loss` once; objectives
-    # whose `embed` does more than one plain forward (extra views, all layers) opt out.
-    supports_grad_cache: bool = True
+    row_wise_embed: bool = True
 
-    def __init__(
-        self, miner: NegativeMiner | None = None, regularizers: dict | None = None
-    ) -> None:
+    def __init__(self, miner: NegativeMiner | None = None) -> None:
         super().__init__()
         self.miner = miner if miner is not None else InBatch()
-        # Addable terms (conf/regularizer/*.yaml): each returns its own, already weighted, loss.
-        self.regularizers = nn.ModuleDict(regularizers or {})
 
     @property
     def required_data_fields(self) -> tuple[str, ...]:
@@ -52,35 +49,21 @@ class Objective(nn.Module):
         run the encoder in chunks and the loss once)."""
         raise NotImplementedError
 
-    def forward(self, encoder: nn.Module, batch: Batch) -> ObjectiveOutput:
+    def forward(self, encoder: nn.Module, batch: Batch, embed=None) -> ObjectiveOutput:
+        """Embed the batch (with `embed(encoder, batch)` in place of `self.embed` if given:
+        GradCache's chunked embedding), then the loss; the views travel with the output."""
         self.miner.observe(batch)
-        views = self.embed(encoder, batch)
-        return self.add_regularizers(self.loss(views, batch), views, batch, encoder)
-
-    def add_regularizers(
-        self, out: ObjectiveOutput, views: dict[str, Tensor], batch: Batch, encoder: nn.Module
-    ) -> ObjectiveOutput:
-        """Objective loss + each regularizer's weighted loss; their parts appear in metrics."""
-        if not self.regularizers:
-            return out
-        total, metrics = out.loss, dict(out.metrics)
-        metrics["objective_loss"] = out.loss.detach()
-        for name, regularizer in self.regularizers.items():
-            extra = regularizer(views, batch, encoder)
-            total = total + extra.loss
-            metrics[f"{name}_loss"] = extra.loss.detach()
-            metrics.update({f"{name}/{k}": v for k, v in extra.metrics.items()})
-        return ObjectiveOutput(total, metrics)
+        views = (embed or self.embed)(encoder, batch)
+        out = self.loss(views, batch)
+        out.views = views
+        return out
 
     def bind(self, encoder: nn.Module, dataset=None) -> None:
         """Once, after the training dataset is tokenized and before the optimizer is built or a
-        resume loads the state: the miner and regularizers build encoder-shaped state and
-        parameters (momentum copies, heads) and may read the corpus (`dataset`, the tokenized
-        `datasets.Dataset`). Objectives that need the corpus (clustering, neighbours) extend it."""
+        resume loads the state: the miner builds encoder-shaped state and parameters (momentum
+        copies) and may read the corpus (`dataset`, the tokenized `datasets.Dataset`).
+        Objectives that need the corpus (clustering, neighbours) extend it."""
         self.miner.bind(encoder, dataset)
-        for regularizer in self.regularizers.values():
-            if hasattr(regularizer, "bind"):
-                regularizer.bind(encoder, dataset)
 
     def batch_indices(self, step: int, indices: list[int]) -> list[int]:
         """The corpus rows of step `step`'s global batch: the sampler's `indices` unless the
@@ -93,17 +76,55 @@ class Objective(nn.Module):
         self.miner.after_optimizer_step(encoder, batch)
 
 
+class ObjectiveWrapper(nn.Module):
+    """Runs an objective differently (in chunks, with added terms) and passes the rest of the
+    objective contract through, so the loop drives a wrapped objective like a bare one."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    @property
+    def miner(self) -> NegativeMiner:
+        return self.objective.miner
+
+    @property
+    def data_fields(self) -> tuple[str, ...]:
+        return self.objective.data_fields
+
+    @property
+    def required_data_fields(self) -> tuple[str, ...]:
+        return self.objective.required_data_fields
+
+    @property
+    def augmented_positive(self) -> bool:
+        return self.objective.augmented_positive
+
+    @property
+    def inner(self) -> Objective:
+        """The wrapped objective itself, under every wrapper."""
+        return getattr(self.objective, "inner", self.objective)
+
+    def bind(self, encoder: nn.Module, dataset=None) -> None:
+        self.objective.bind(encoder, dataset)
+
+    def batch_indices(self, step: int, indices: list[int]) -> list[int]:
+        return self.objective.batch_indices(step, indices)
+
+    def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
+        self.objective.after_optimizer_step(encoder, batch)
+
+
 class InfoNCEObjective(Objective):
     """Anchor vs its positive, against the other rows' positives and the miner's extras."""
 
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         temperature: float = 0.05,
         hard_negative_weight: float = 0.0,
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         self.temperature = temperature
         self.hard_negative_weight = hard_negative_weight
 

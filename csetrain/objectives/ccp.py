@@ -152,13 +152,12 @@ class CCP(Objective):
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         temperature: float = 0.05,
         bank_size: int = 4096,
         projection_dim: int | None = None,
         bn_momentum: float = 0.1,
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         if not isinstance(self.miner, InBatch):
             raise ConfigError(
                 f"objective=ccp keeps its own memory bank, so negative_mining={type(self.miner).__name__} would mix spaces: set negative_mining=in_batch"

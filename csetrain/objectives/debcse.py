@@ -100,7 +100,6 @@ class DebCSE(Objective):
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         semantic_encoder: nn.Module | None = None,
         temperature: float = 0.05,
         positive_threshold: float = 0.7,
@@ -110,7 +109,7 @@ class DebCSE(Objective):
         length_weight: float = 0.5,
         seed: int = 0,
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         if semantic_encoder is None:
             raise ConfigError("objective.semantic_encoder: set a model option (e.g. all-MiniLM)")
         if not 0.0 < min_propensity <= 1.0:
@@ -136,10 +135,6 @@ class DebCSE(Objective):
     def embed(self, encoder: nn.Module, batch: Batch) -> dict[str, Tensor]:
         self.semantic.check_tokenizer(encoder.tokenizer)
         return super().embed(encoder, batch)
-
-    def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
-        self.semantic.check_tokenizer(encoder.tokenizer)  # GradCache calls loss() without embed()
-        super().after_optimizer_step(encoder, batch)
 
     def distributions(self, batch: Batch) -> dict[str, Tensor]:
         """Per-anchor sampling distributions of positives and negatives (B, B) on the CPU, with

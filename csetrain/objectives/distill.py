@@ -144,7 +144,6 @@ class Distill(Objective):
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         teacher: nn.Module | None = None,
         scores_file: str | None = None,
         max_length: int = 32,
@@ -154,7 +153,7 @@ class Distill(Objective):
         student_temperature: float = 0.05,
         contrastive_weight: float = 0.0,
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         if (teacher is None) == (scores_file is None):
             raise ConfigError(
                 "objective.teacher / objective.scores_file: set exactly one "
@@ -181,10 +180,6 @@ class Distill(Objective):
     def embed(self, encoder: nn.Module, batch: Batch) -> dict[str, Tensor]:
         self._meet_student(encoder.tokenizer)  # before the first loss, on the normal path
         return super().embed(encoder, batch)
-
-    def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
-        self._meet_student(encoder.tokenizer)  # GradCache calls loss() without embed()
-        super().after_optimizer_step(encoder, batch)
 
     def teacher_matrix(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """T (B, B) = teacher cos(anchor_i, positive_j), and which entries are known (B, B)."""

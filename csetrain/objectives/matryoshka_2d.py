@@ -42,7 +42,7 @@ class Matryoshka2D(Objective):
 
     Batch fields: `anchor` from the corpus, `positive` made by the augmentation
     (`augmentation=dropout`). Miner: `in_batch` only (extra negatives have no per-layer copies).
-    One forward pass returns every layer (`encoder.pooled_layers`); the encoder's head (if any)
+    One forward pass returns every layer (`encoder.embed_layers`); the encoder's head (if any)
     is applied to the two layers used. Each step draws a layer ℓ uniformly from 1..L-1 and a
     prefix size d from `dims` (default 8, 16, 32, ... < hidden), from a generator seeded by
     (seed, step), so the draw is a function of the step and resumes exactly.
@@ -67,12 +67,10 @@ class Matryoshka2D(Objective):
 
     data_fields = ("anchor",)
     augmented_positive = True
-    supports_grad_cache = False  # its embed runs more than one plain forward
 
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         temperature: float = 0.05,
         dims: list[int] | None = None,
         last_weight: float = 1.0,
@@ -82,7 +80,7 @@ class Matryoshka2D(Objective):
         kl_temperature: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         if kl_temperature <= 0:
             raise ConfigError(f"objective.kl_temperature={kl_temperature}: must be > 0")
         self.temperature = temperature
@@ -116,18 +114,13 @@ class Matryoshka2D(Objective):
         """{anchor, positive}: last layer; {anchor_layer, positive_layer}: layer ℓ. Head applied."""
         self.num_layers = encoder.num_layers  # what `loss` draws ℓ from (it sees no encoder)
         layer, _ = self.sample(int(self.step), encoder.num_layers, encoder.hidden_size)
-        pooled = encoder.pooled_layers(batch.input_ids, batch.attention_mask)  # L x (2B, D)
+        layers = encoder.embed_layers(batch.input_ids, batch.attention_mask)  # L x (2B, D)
         views = {}
-        for suffix, z in (("", pooled[-1]), ("_layer", pooled[layer - 1])):
-            z = encoder.head(z) if encoder.head is not None else z
+        for suffix, z in (("", layers[-1]), ("_layer", layers[layer - 1])):
             views.update({f"{name}{suffix}": v for name, v in batch.split(z).items()})
         return views
 
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
-        if "anchor_layer" not in views:  # GradCache embeds with the plain encoder call
-            raise ConfigError(
-                "objective=2dmse embeds every layer itself: set trainer.grad_cache.chunk_size=0"
-            )
         layer, dim = self.sample(int(self.step), self.num_layers, views["anchor"].shape[1])
         return self.terms(views, layer, dim)
 

@@ -57,13 +57,12 @@ class SymmetricInfoNCE(Objective):
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         temperature: float = 0.05,
         learnable_temperature: bool = False,
         min_temperature: float = 0.01,
         positive_from: PositiveSource = "augmentation",
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         if positive_from not in ("augmentation", "data"):
             raise ConfigError(
                 f"objective.positive_from='{positive_from}': choose augmentation or data"

@@ -75,18 +75,17 @@ class WhitenedCSE(Objective):
 
     data_fields = ("anchor",)
     augmented_positive = True
-    supports_grad_cache = False  # its embed runs more than one plain forward
+    row_wise_embed = False  # whitening statistics couple the rows of the batch
 
     def __init__(
         self,
         miner: NegativeMiner | None = None,
-        regularizers: dict | None = None,
         temperature: float = 0.05,
         num_pos: int = 3,
         num_groups: int | None = None,
         eps: float = 1e-5,
     ) -> None:
-        super().__init__(miner, regularizers)
+        super().__init__(miner)
         if num_pos < 2:
             raise ConfigError(f"objective.num_pos={num_pos}: needs at least 2 views (anchor + 1)")
         if num_groups is not None and num_groups < 1:
@@ -121,14 +120,14 @@ class WhitenedCSE(Objective):
         size, extra = batch.size, self.num_pos - 2
         ids = torch.cat([batch.input_ids] + [batch.input_ids[:size]] * extra)
         mask = torch.cat([batch.attention_mask] + [batch.attention_mask[:size]] * extra)
-        pooled = encoder(ids, mask, apply_head=False)  # (F*B + extra*B, D), one forward
+        pooled = encoder(ids, mask, head=False)  # (F*B + extra*B, D), one forward
         groups = self.groups_for(pooled.shape[1])
         names = [*batch.fields, *[f"positive{k}" for k in range(2, 2 + extra)]]
         views = {}
         for name, view in zip(names, pooled.split(size)):
             perm = torch.randperm(view.shape[1], device=view.device)  # fresh for every view
             white = shuffled_group_whiten(view, perm, groups, self.eps)
-            views[name] = encoder.head(white) if encoder.head is not None else white
+            views[name] = encoder.project(white)
         return views
 
     def positive_names(self) -> list[str]:
@@ -136,10 +135,6 @@ class WhitenedCSE(Objective):
 
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
         names = self.positive_names()
-        if any(name not in views for name in names):
-            raise ConfigError(
-                "objective=whitenedcse embeds its own extra views: set trainer.grad_cache.chunk_size=0"
-            )
         anchors = views["anchor"]
         targets = torch.arange(len(anchors), device=anchors.device)
         extra = self.miner.extra_negatives(anchors, views)
