@@ -63,7 +63,12 @@ def kmeans(
     labels (N,)). Stops when the centroids' total squared shift is at most `tol` times the
     data's mean per-coordinate variance (scikit-learn's rule), or after `max_iter` rounds. An
     emptied cluster keeps its previous centroid. Deterministic for a seed (the seeding draws
-    from a CPU generator)."""
+    from a CPU generator).
+
+    Kept instead of scikit-learn's `KMeans(algorithm="lloyd")`, which gives the same labels and
+    centroids from the same seeding (tests/test_mcl.py): ours runs on the device that holds the
+    embeddings, and sklearn adds its threads' centroid sums in lock order, so a re-run (a
+    resume that re-clusters) is not bitwise the same."""
     points = points.float()
     if not 1 <= k <= len(points):
         raise ConfigError(f"objective.num_clusters={k}: choose 1..{len(points)} (the points)")
