@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from csetrain.config import ConfigError
+from csetrain.seeding import draw_generator, draw_seed
 
 
 @dataclass
@@ -74,7 +75,7 @@ class StepSampler:
 
     def _permutation(self, epoch: int) -> list[int]:
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = draw_generator(self.seed, epoch)
             self._epoch, self._perm = epoch, torch.randperm(self.num_rows, generator=gen).tolist()
         return self._perm
 
@@ -140,7 +141,7 @@ class Collator:
     def __call__(self, rows: dict[str, list], step: int) -> Batch:
         views = {f: rows[f"{f}_ids"] for f in self.data_fields}
         if self.augmented_positive:
-            rng = random.Random(self.seed * 1_000_003 + step)  # seeded per step: resumable
+            rng = random.Random(draw_seed(self.seed, step))  # seeded per step: resumable
             views["positive"] = self._positive(rows, rng)
         sequences = [seq for f in self.fields for seq in views[f]]
         return Batch(*pad(sequences, self.pad_id), fields=self.fields, size=len(views["anchor"]))

@@ -26,6 +26,7 @@ from csetrain.config import ConfigError
 from csetrain.data.collate import pad
 from csetrain.negatives.base import NegativeMiner, take_saved_shapes
 from csetrain.objectives.base import InfoNCEObjective, ObjectiveOutput
+from csetrain.seeding import draw_generator
 
 StageInit = Literal["initial", "previous"]
 
@@ -261,7 +262,7 @@ class MCL(InfoNCEObjective):
         group, a pure function of (seed, step) and the labels."""
         if int(self.completed_stages) == 0:
             return indices
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 700_001 + step)
+        gen = draw_generator(self.seed, step, stream=700_001)
         positions = draw_group_batch(self.cluster_labels, len(indices), gen)
         return self.cluster_rows.cpu()[positions].tolist()
 
