@@ -148,11 +148,12 @@ class Collator:
 
 
 def pad(sequences: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Right-pad to the longest sequence in the batch (dynamic padding)."""
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return ids, mask
+    """Right-pad to the longest sequence in the batch (dynamic padding): (ids, mask), (N, L) long.
+
+    Kept instead of `tokenizer.pad`, which gives the same tensors (tests/test_data.py) but takes
+    about 4x as long on this per-step path (~6 ms against ~1.4 ms for 256 rows of <= 32 tokens).
+    """
+    longest = max(map(len, sequences))
+    ids = torch.tensor([[*s, *[pad_id] * (longest - len(s))] for s in sequences], dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in sequences])
+    return ids, (torch.arange(longest) < lengths[:, None]).long()
