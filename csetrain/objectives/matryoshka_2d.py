@@ -63,7 +63,7 @@ class Matryoshka2D(Objective):
     AdaptiveLayerLoss) softmax each embedding over its own coordinates; the teacher side is
     detached (as sentence-transformers does since #3757; the AnglE trainer lets it get gradient).
     sentence-transformers' Matryoshka2dLoss weights differently (prior layers by 1/(1+idx), KL by
-    kl_temperature=0.3, REFERENCE.md §5.6); that is not what this implements.
+    kl_temperature=0.3, dims from MatryoshkaLoss); that is not what this implements.
     """
 
     data_fields = ("anchor",)
