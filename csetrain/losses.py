@@ -3,6 +3,8 @@ computations in tests/test_losses.py."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,12 +56,14 @@ def top1_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
-    """Wang & Isola's alignment: E ||f(x) - f(y)||^alpha over positive pairs of unit vectors.
-    x, y (B, D) -> scalar; 0 when each pair coincides."""
+    """Wang & Isola's alignment: E ||x̂_i - ŷ_i||^alpha over positive pairs of L2-normalised rows.
+    x, y (B, D) -> scalar; 0 when each pair coincides, 2^alpha when every pair is antipodal."""
     return (F.normalize(x, dim=-1) - F.normalize(y, dim=-1)).norm(dim=-1).pow(alpha).mean()
 
 
 def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
-    """Wang & Isola's uniformity: log E exp(-t ||f(x_i) - f(x_j)||^2) over distinct pairs of unit
-    vectors. x (B, D) -> scalar; lower is more uniform (two antipodal points give -4t)."""
-    return torch.pdist(F.normalize(x, dim=-1), p=2).pow(2).mul(-t).exp().mean().log()
+    """Wang & Isola's uniformity: log E_{i<j} exp(-t ||x̂_i - x̂_j||^2) over distinct pairs of
+    L2-normalised rows. x (B, D) -> scalar; lower is more uniform (0 when all rows coincide, -4t
+    for two antipodal rows). logsumexp keeps a large t from underflowing to log 0."""
+    sq = torch.pdist(F.normalize(x, dim=-1)).pow(2)  # (B(B-1)/2,)
+    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())

@@ -200,7 +200,12 @@ def init_distributed() -> tuple[int, int]:
 
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sends each rank the summed gradient of its own rows, so every
-    rank's loss pushes on the embeddings it borrowed from the others (gloo and NCCL alike)."""
+    rank's loss pushes on the embeddings it borrowed from the others (gloo and NCCL alike).
+
+    Kept instead of `torch.distributed.nn.functional.all_gather` (same gradients on gloo, checked
+    with tests/test_ddp.py): torch 2.13 deprecates it (FutureWarning) for the private
+    `torch.distributed._functional_collectives`, whose names differ across the torch>=2.4 we
+    support; this uses only the stable `all_gather`/`all_reduce`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Bootstrap statistics on STS scores: a paired test between two runs, and intervals over seeds.
 
-Pure numpy on per-pair cosines and gold scores (csetrain/eval/pair_scores.py); no I/O.
+Pure numpy (scipy for the point Spearman, the STS evaluation's function) on per-pair cosines and
+gold scores (csetrain/eval/pair_scores.py); no I/O.
 
 A bootstrap resample of a task draws its N pair indices with replacement — from the task's
 concatenated pairs, because the "all" setting defines the metric on that pool — and scores it
@@ -24,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import spearmanr
 
 LEVEL = 0.95
 CELLS_PER_CHUNK = 2_000_000  # resamples × pairs held in memory at once (~16 MB per array)
@@ -63,16 +65,9 @@ def _correlation(x: np.ndarray, weighted_y: np.ndarray, y_norm: np.ndarray, w: n
         return (weighted_y * x).sum(1) / np.sqrt((w * x * x).sum(1) * y_norm)
 
 
-def _spearman_rows(x: Ranker, y: Ranker, counts: np.ndarray) -> np.ndarray:
-    ry = y.centred_ranks(counts)
-    weighted = counts * ry
-    return 100 * _correlation(x.centred_ranks(counts), weighted, (weighted * ry).sum(1), counts)
-
-
 def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
-    """Spearman ×100 on the full data (the point estimate; equals scipy's)."""
-    ones = np.ones((1, len(gold)), dtype=np.int32)
-    return float(_spearman_rows(Ranker(pred), Ranker(gold), ones)[0])
+    """Spearman ×100 on the full data (the point estimate): scipy's, as the STS evaluation's."""
+    return 100 * float(spearmanr(pred, gold).statistic)
 
 
 def resampled_spearman(

@@ -168,10 +168,11 @@ def test_bank_is_a_fifo_of_detached_keys_of_its_size():
         else:
             assert objective._pending is None
         objective.after_optimizer_step(None, batch)
-    assert int(objective.filled) == 5  # 2 banked steps x 4 keys, capped at 5
-    assert torch.equal(objective.bank, torch.cat(seen_keys)[-5:])  # oldest dropped, newest last
-    assert torch.equal(objective.bank_ids, torch.cat(seen_ids)[-5:])
-    assert not objective.bank.requires_grad and objective._pending is None
+    assert int(objective.bank.filled) == 5  # 2 banked steps x 4 keys, capped at 5
+    # oldest dropped, newest last
+    assert torch.equal(objective.bank.keys, torch.cat(seen_keys)[-5:])
+    assert torch.equal(objective.bank.ids, torch.cat(seen_ids)[-5:])
+    assert not objective.bank.keys.requires_grad and objective._pending is None
     # bank keys enter the next loss as negatives: 2 in-batch keys + 5 banked
     views, batch = _fake_step(3)
     _, logits, masked = objective.predict(
@@ -248,9 +249,13 @@ def test_state_round_trips_into_a_fresh_objective():
         objective.loss(views, batch)
         objective.after_optimizer_step(None, batch)
     state = objective.state_dict()
-    assert {"bank", "bank_ids", "filled", "head.norm.running_mean", "head.norm.updates"} <= set(
-        state
-    )
+    assert {
+        "bank.keys",
+        "bank.ids",
+        "bank.filled",
+        "head.norm.running_mean",
+        "head.norm.updates",
+    } <= set(state)
     fresh = _bound(bank_size=6)  # bind before load, as train.py does
     fresh.load_state_dict(state)
     for key, value in fresh.state_dict().items():
@@ -330,7 +335,7 @@ def test_three_steps_end_to_end(tmp_path):
     assert isinstance(c.objective, CCP)
     losses = tracker.series("train/loss")
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
-    assert int(c.objective.filled) == 2 * 2 * 8  # steps 2 and 3, anchors + positives, batch 8
+    assert int(c.objective.bank.filled) == 2 * 2 * 8  # steps 2 and 3, anchors + positives, batch 8
     assert int(c.objective.head.norm.updates) == 6  # two query passes a step
 
 

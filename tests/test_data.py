@@ -91,6 +91,18 @@ def test_pad_right_pads_and_masks():
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_pad_equals_the_tokenizers_pad(tiny_encoder):
+    gen = random.Random(0)
+    rows = [
+        [101, *[gen.randrange(5, 90) for _ in range(gen.randint(0, 30))], 102] for _ in range(64)
+    ]
+    tokenizer = tiny_encoder.tokenizer
+    ids, mask = pad(rows, tokenizer.pad_token_id)
+    reference = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    assert torch.equal(ids, reference["input_ids"]) and ids.dtype == torch.long
+    assert torch.equal(mask, reference["attention_mask"]) and mask.dtype == torch.long
+
+
 def test_collator_builds_field_major_views():
     collate = Collator(
         ("anchor",), Dropout(), pad_id=0, special_ids={101, 102}, augmented_positive=True, seed=0

@@ -72,7 +72,7 @@ def test_three_steps_end_to_end(tmp_path):
     tracker, c = _run_tiny(tmp_path, ["objective=esimcse", "trainer.max_steps=3"])
     assert isinstance(c.objective, ESimCSE) and isinstance(c.collator.augmentation, WordRepetition)
     miner = c.objective.miner
-    assert int(miner.filled) == 3 * 8  # batch 8, queue 160: every anchor so far
+    assert int(miner.queue.filled) == 3 * 8  # batch 8, queue 160: every anchor so far
     losses = tracker.series("train/loss")
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     momentum = miner.momentum_encoder.backbone.embeddings.word_embeddings.weight

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from csetrain.losses import cosine_matrix, hard_negative_offset, info_nce, top1_accuracy
+from csetrain.losses import (
+    cosine_matrix,
+    hard_negative_offset,
+    info_nce,
+    top1_accuracy,
+    uniformity,
+)
 
 
 def _hand_info_nce(a, c, targets, temperature, offset=None):
@@ -70,3 +76,11 @@ def test_offset_enters_the_loss_after_temperature():
 def test_top1_accuracy():
     logits = torch.tensor([[3.0, 1.0], [5.0, 0.0], [0.0, 2.0]])
     assert top1_accuracy(logits, torch.tensor([0, 1, 1])).item() == pytest.approx(2 / 3)
+
+
+def test_uniformity_stays_finite_where_the_plain_mean_of_exp_underflows():
+    # Well-spread rows and a large t: exp(-t d^2) is 0 in float32 for every pair, log 0 = -inf.
+    x = torch.eye(4) * torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None]  # squared distances all 2
+    naive = torch.pdist(x).pow(2).mul(-100.0).exp().mean().log()
+    assert naive.item() == float("-inf")
+    assert uniformity(x, t=100.0).item() == pytest.approx(-200.0, rel=1e-6)  # log exp(-100 * 2)

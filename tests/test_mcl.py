@@ -17,6 +17,7 @@ from csetrain.data.sources import TextLines
 from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
 from csetrain.objectives.mcl import (
     MCL,
+    _kmeans_plus_plus,
     combine_labels,
     draw_group_batch,
     kmeans,
@@ -63,6 +64,25 @@ def test_kmeans_hand_checked_line():
         assert sorted(centroids.squeeze(1).tolist()) == pytest.approx([0.5, 11.0])
     with pytest.raises(ConfigError, match="objective.num_clusters=6"):
         kmeans(points, 6)
+
+
+def test_kmeans_equals_scikit_learn_lloyd_from_the_same_seeding():
+    # Overlapping points on the unit sphere (like embeddings), where the clusters are not
+    # obvious and any difference in the update or the stopping rule would change the labels.
+    from sklearn.cluster import KMeans
+
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        points = F.normalize(torch.randn(2000, 32, generator=gen), dim=-1)
+        centroids, labels = kmeans(points, 10, max_iter=100, tol=1e-5, seed=seed)
+        init = _kmeans_plus_plus(points, 10, torch.Generator().manual_seed(seed))
+        reference = KMeans(
+            10, init=init.numpy(), n_init=1, max_iter=100, tol=1e-5, algorithm="lloyd"
+        ).fit(points.numpy())
+        assert torch.equal(labels, torch.from_numpy(reference.labels_).long())
+        # float32 means of ~200 unit-scale rows, summed in different orders
+        atol = math.log2(len(points)) * torch.finfo(torch.float32).eps
+        assert torch.allclose(centroids, torch.from_numpy(reference.cluster_centers_), atol=atol)
 
 
 def test_pseudo_labels_separate_any_stage_difference():

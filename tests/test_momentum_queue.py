@@ -65,14 +65,14 @@ def test_queue_is_fifo_of_momentum_keys(pooler):
 
     first = _reference_keys(miner, encoder, BATCHES[0])
     miner.after_optimizer_step(encoder, _batch(encoder, BATCHES[0]))
-    assert int(miner.filled) == 4
+    assert int(miner.queue.filled) == 4
     assert torch.allclose(miner.extra_negatives(None, {}).embeddings, first, atol=1e-5)
 
     _sgd_like_step(encoder, 0)
     second = _reference_keys(miner, encoder, BATCHES[1])  # momentum weights before this EMA
     miner.after_optimizer_step(encoder, _batch(encoder, BATCHES[1], step=1))
     queue = miner.extra_negatives(None, {}).embeddings
-    assert queue.shape == (6, 32) and int(miner.filled) == 6
+    assert queue.shape == (6, 32) and int(miner.queue.filled) == 6
     assert torch.allclose(queue, torch.cat([first[2:], second]), atol=1e-5)  # oldest 2 fell off
     assert not queue.requires_grad
     encoder.eval()
@@ -144,7 +144,7 @@ def test_state_dict_round_trips_into_a_fresh_miner():
         miner.after_optimizer_step(encoder, _batch(encoder, texts, step))  # binds lazily
         _sgd_like_step(encoder, step)
     state = miner.state_dict()
-    assert {"queue", "filled"} <= set(state)
+    assert {"queue.keys", "queue.filled"} <= set(state)
     assert any(k.startswith("momentum_encoder.") for k in state)
 
     with pytest.raises(CsetrainError, match="bind"):
@@ -181,6 +181,6 @@ def test_queue_works_with_any_miner_objective(tmp_path, overrides):
         ],
     )
     miner = c.objective.miner
-    assert isinstance(miner, MomentumQueue) and int(miner.filled) == 12
+    assert isinstance(miner, MomentumQueue) and int(miner.queue.filled) == 12
     losses = tracker.series("train/loss")
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))

@@ -1,8 +1,9 @@
 """Embedding-space diagnostics: what contrastive training does to the geometry, beyond STS scores.
 
-Pure functions on tensors (hand-checkable), plus `Diagnostics`, which measures embeddings of an STS
-pair set (STS-B dev by default) the way SimCSE's analysis does (arXiv 2104.08821 §5, after Wang &
-Isola, arXiv 2005.10242). The dev evaluator runs it on the vectors it already scored when its YAML
+Pure functions on tensors (hand-checkable; alignment and uniformity are those of csetrain.losses,
+the regularizer's), plus `Diagnostics`, which measures embeddings of an STS pair set (STS-B dev by
+default) the way SimCSE's analysis does (arXiv 2104.08821 §5, after Wang & Isola, arXiv
+2005.10242). The dev evaluator runs it on the vectors it already scored when its YAML
 sets `diagnostics: true` (metrics `eval/diagnostics/<name>` at every dev evaluation):
 
 - alignment: E ||f(x) - f(x+)||^2 over positive pairs (gold score >= 4.0), lower is better;
@@ -18,8 +19,6 @@ objectives report it as `train/effective_negatives` on the logging cadence.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,25 +27,7 @@ from torch import Tensor
 
 from csetrain.config import ConfigError, resolve_data_dir
 from csetrain.eval.sts import PairSet, load_task
-
-
-def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
-    """E ||x̂_i - ŷ_i||^alpha over rows, on L2-normalised rows: (N, D), (N, D) -> ().
-
-    0 when every positive pair is identical, 2^alpha when every pair is antipodal.
-    """
-    x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
-    return (x - y).norm(dim=-1).pow(alpha).mean()
-
-
-def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
-    """log E_{i<j} exp(-t ||x̂_i - x̂_j||^2) over distinct pairs of L2-normalised rows: (N, D) -> ().
-
-    0 when all rows coincide; -4t (the minimum) for two antipodal rows; computed with logsumexp so
-    well-spread sets do not underflow.
-    """
-    sq = torch.pdist(F.normalize(x, dim=-1)).pow(2)  # (N(N-1)/2,)
-    return torch.logsumexp(-t * sq, dim=0) - math.log(sq.numel())
+from csetrain.losses import alignment, uniformity
 
 
 def anisotropy(x: Tensor) -> Tensor:

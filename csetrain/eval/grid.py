@@ -1,8 +1,8 @@
 """`eval=grid`: one STS task scored at every (layer, prefix size) of an encoder.
 
 A 2D Matryoshka model (2DMSE, Li et al., arXiv 2402.14776) is meant to be served shallower and
-smaller; a single full-model number hides whether that works (REFERENCE.md §5.6), so the paper
-reports layer x dimension grids. Each cell is the embedding inference would serve with
+smaller; a single full-model number hides whether that works, so the paper reports layer x
+dimension grids. Each cell is the embedding inference would serve with
 `model.layer=l model.dim=d` (pool hidden layer l, the head if `mlp_head=always`, keep the first d
 coordinates), scored exactly as the native STS evaluator scores it (cosine Spearman x100; the cell
 (l, d) equals `STSEvaluator` on the encoder built with that layer and dim).

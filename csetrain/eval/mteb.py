@@ -3,7 +3,8 @@
 `MTEBEvaluator` has `STSEvaluator`'s call contract (`evaluator(encoder) -> EvalResult`), but the
 scores come from mteb itself: its task classes, its STS evaluator, its correlation code. Nothing
 is read from a hub: the data of each task is injected into the mteb task object
-(`task.dataset`, `task.data_loaded = True`, REFERENCE §6), either from the data pack
+(`task.dataset`, `task.data_loaded = True`, which mteb then treats as loaded), either from the
+data pack
 
 - STS12–16: `sts-senteval/<year>/*.tsv` concatenated (MTEB's datasets hold SentEval's tokenized
   text; see csetrain/eval/sts.py),
@@ -16,7 +17,8 @@ task's folder holds one such folder per hf_subset), mapped in `local_tasks: {Tas
 mteb's `dataset_transform` then runs on it as after a download. Tasks with their own loaders
 (retrieval, reranking) do not go through `load_dataset` and are not supported this way.
 
-Caching (REFERENCE §5.7): by default no result cache at all. With `cache_dir`, results are cached
+Caching: by default no result cache at all (mteb's "only missing" cache would return a stale
+score for a retrained checkpoint under the same name). With `cache_dir`, results are cached
 under a model name/revision derived from the encoder's weights and inference settings, so two
 checkpoints never share a cached score. mteb writes the hub dataset revision into its results
 even for injected data, so `details` records our own provenance (files and sha256).

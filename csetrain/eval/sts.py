@@ -20,7 +20,6 @@ SimCSE reports), with "mean" and "wmean" (size-weighted mean) of per-subset scor
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -60,12 +59,6 @@ class EvalResult:
 
     def prefixed(self, stage: str) -> dict[str, float]:
         return {f"{stage}/{k}": v for k, v in self.metrics.items()}
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"metrics": self.metrics, "primary_key": self.primary_key, "details": self.details},
-            indent=2,
-        )
 
 
 def read_pairs(path: Path, name: str) -> PairSet:

@@ -24,7 +24,7 @@ class NegativeMiner(nn.Module):
     """`fields` are extra batch fields the objective must encode in its forward pass; state lives
     in registered buffers/submodules so it checkpoints and resumes with the objective.
 
-    DESIGN.md sketches `update(keys)`; the upkeep hook receives the encoder and the batch instead,
+    Upkeep is not an `update(keys)` call: the hook receives the encoder and the batch instead,
     because a momentum queue must encode the batch with its own (EMA) encoder to get its keys.
     """
 

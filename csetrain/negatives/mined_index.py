@@ -19,6 +19,7 @@ from csetrain.config import ConfigError, config_dir, instantiate
 from csetrain.data.collate import pad
 from csetrain.modeling.frozen import FrozenEncoder, field_rows
 from csetrain.negatives.base import NegativeMiner, Negatives, take_saved_shapes
+from csetrain.seeding import draw_generator
 
 try:  # optional: an exact inner-product index; the torch fallback gives the same neighbours
     import faiss
@@ -181,7 +182,7 @@ class MinedIndex(NegativeMiner):
     def refresh(self, encoder: nn.Module) -> None:
         """Re-embed a fresh sample of the corpus with the current model and index it."""
         corpus_size = len(self._token_ids)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
+        gen = draw_generator(self.seed, int(self.steps))
         rows = torch.randperm(corpus_size, generator=gen)
         if self.sample_size:
             rows = rows[: self.sample_size]
@@ -287,7 +288,7 @@ class MinedIndex(NegativeMiner):
             positive_sim = torch.full((len(queries),), float("inf"))
         else:
             positive_sim = (queries * F.normalize(positives.detach().float(), dim=-1)).sum(-1)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 500_009 + int(self.steps))
+        gen = draw_generator(self.seed, int(self.steps), stream=500_009)
         scores, indices = scores.to(queries.device), indices.to(queries.device)
         positive_sim = positive_sim.to(queries.device)
         return pick_in_window(scores, indices, positive_sim, self.ranks, self.margin, gen)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError, CsetrainError
 from csetrain.negatives.base import NegativeMiner, Negatives
+from csetrain.negatives.fifo import FIFO
 
 
 class MomentumQueue(NegativeMiner):
@@ -33,7 +34,7 @@ class MomentumQueue(NegativeMiner):
     nothing: every key of batch t is computed from exactly m_t. At t=0, m_0 = w_0 (a copy of the
     online weights) in both, provided `bind` ran before the first optimizer step.
 
-    State: the momentum encoder (a submodule) and `queue`/`filled` (buffers) are in
+    State: the momentum encoder and `queue` (a `FIFO` of buffers) are submodules in
     `state_dict()`, so they checkpoint with the objective. The encoder is built by `bind(encoder)`,
     because only the online encoder knows the architecture: it runs lazily at the first upkeep
     (the online weights are then w_1, one optimizer step past w_0; call `bind` before training
@@ -55,20 +56,19 @@ class MomentumQueue(NegativeMiner):
             raise ConfigError(f"negative_mining.momentum={momentum}: choose a value in [0, 1)")
         self.size, self.momentum = size, momentum
         self.register_module("momentum_encoder", None)
-        self.register_buffer("queue", torch.zeros(size, 0))  # (K, D) once bound; newest last
-        self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # valid rows, <= K
+        self.queue = FIFO(size, keys=torch.float32)  # keys (K, D) once bound; newest last
 
     def bind(self, encoder: nn.Module, dataset=None) -> None:
         """Create the momentum encoder (an EMA copy of the encoder's backbone) and size the queue."""
         if self.momentum_encoder is not None:
             return
         self.momentum_encoder = encoder.ema_copy(self.momentum)
-        self.queue = torch.zeros(self.size, encoder.hidden_size, device=encoder.device)
+        self.queue.allocate(encoder.device, keys=(encoder.hidden_size,))
 
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
-        if int(self.filled) == 0:
+        if int(self.queue.filled) == 0:
             return None
-        return Negatives(self.queue[self.size - int(self.filled) :], aligned=False)  # (M, D)
+        return Negatives(self.queue.valid("keys"), aligned=False)  # (M, D)
 
     def after_optimizer_step(self, encoder: nn.Module, batch) -> None:
         self.bind(encoder)
@@ -84,11 +84,9 @@ class MomentumQueue(NegativeMiner):
         width = int(attention_mask.sum(1).max())  # the anchors' own padding, not the positives'
         return self.momentum_encoder.embed(encoder, input_ids[:, :width], attention_mask[:, :width])
 
-    @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Append keys (B, D) at the end; the oldest rows fall off the front (FIFO of length K)."""
-        self.queue.copy_(torch.cat([self.queue, keys.to(self.queue.dtype)])[-self.size :])
-        self.filled.fill_(min(self.size, int(self.filled) + len(keys)))
+        self.queue.push(keys=keys)
 
     def ema_update(self, encoder: nn.Module) -> None:
         """momentum_param = m * momentum_param + (1 - m) * online_param (parameters only)."""

@@ -17,6 +17,7 @@ from csetrain.config import ConfigError, CsetrainError
 from csetrain.data.collate import Batch
 from csetrain.losses import info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
+from csetrain.negatives.fifo import FIFO
 from csetrain.negatives.in_batch import InBatch
 from csetrain.objectives.base import Objective, ObjectiveOutput
 from csetrain.runtime import gather_with_grad, rank_and_world
@@ -167,9 +168,8 @@ class CCP(Objective):
         self.temperature, self.bank_size = temperature, bank_size
         self.projection_dim, self.bn_momentum = projection_dim, bn_momentum
         self.register_module("head", None)  # built by bind(): its input size is the encoder's
-        self.register_buffer("bank", torch.zeros(bank_size, 0))  # (K, dim) once bound; newest last
-        self.register_buffer("bank_ids", torch.zeros(bank_size, dtype=torch.long))  # sentence_ids
-        self.register_buffer("filled", torch.zeros((), dtype=torch.long))  # valid rows, <= K
+        # keys (K, dim) once bound and their sentence_ids (K,); newest last
+        self.bank = FIFO(bank_size, keys=torch.float32, ids=torch.long)
         self._pending: tuple[Tensor, Tensor] | None = None  # this step's keys, banked after it
 
     def bind(self, encoder: nn.Module, dataset=None) -> None:
@@ -180,7 +180,7 @@ class CCP(Objective):
         dim = self.projection_dim or encoder.hidden_size
         device = next(encoder.parameters()).device
         self.head = ProjectionHead(encoder.hidden_size, dim, self.bn_momentum).to(device)
-        self.bank = torch.zeros(self.bank_size, dim, device=device)
+        self.bank.allocate(device, keys=(dim,), ids=())
 
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
         if self.head is None:
@@ -208,7 +208,7 @@ class CCP(Objective):
             metrics[f"loss_{query}_to_{key}"] = loss.detach()
         metrics["acc"] = (accuracies[0] + accuracies[1]) / 2
         metrics["masked_repeats"] = (repeats[0] + repeats[1]) / 2  # false negatives per row
-        metrics["bank_filled"] = self.filled.float()
+        metrics["bank_filled"] = self.bank.filled.float()
         self._pending = (
             (
                 torch.cat([all_keys["anchor"], all_keys["positive"]]).detach(),
@@ -224,25 +224,16 @@ class CCP(Objective):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """InfoNCE of queries (B, dim) over [keys (W*B, dim) | bank (M, dim)], repeats of the
         query's or the target's sentence masked out -> (loss, logits (B, C), mask (B, C))."""
-        start = self.bank_size - int(self.filled)
-        candidates = torch.cat([keys, self.bank[start:]])  # (C, dim), C = W*B + M
-        masked = duplicate_mask(query_ids, torch.cat([key_ids, self.bank_ids[start:]]), targets)
+        candidates = torch.cat([keys, self.bank.valid("keys")])  # (C, dim), C = W*B + M
+        bank_ids = self.bank.valid("ids")  # (M,)
+        masked = duplicate_mask(query_ids, torch.cat([key_ids, bank_ids]), targets)
         offset = torch.zeros(masked.shape, device=masked.device).masked_fill(masked, -torch.inf)
         loss, logits = info_nce(queries, candidates, targets, self.temperature, offset)
         return loss, logits, masked
 
     def after_optimizer_step(self, encoder: nn.Module, batch: Batch) -> None:
         super().after_optimizer_step(encoder, batch)
-        if self._pending is not None:
-            self.enqueue(*self._pending)
+        if self._pending is not None:  # the oldest keys fall off the bank's front
+            keys, ids = self._pending
+            self.bank.push(keys=keys, ids=ids)
             self._pending = None
-
-    @torch.no_grad()
-    def enqueue(self, keys: Tensor, ids: Tensor) -> None:
-        """Append keys (N, dim) and their sentence ids at the end; the oldest fall off the front
-        (FIFO of length `bank_size`)."""
-        if self.bank_size == 0:
-            return
-        self.bank.copy_(torch.cat([self.bank, keys.to(self.bank.dtype)])[-self.bank_size :])
-        self.bank_ids.copy_(torch.cat([self.bank_ids, ids])[-self.bank_size :])
-        self.filled.fill_(min(self.bank_size, int(self.filled) + len(keys)))

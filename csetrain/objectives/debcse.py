@@ -14,6 +14,7 @@ from csetrain.losses import cosine_matrix, top1_accuracy
 from csetrain.modeling.frozen import FrozenEncoder, field_rows
 from csetrain.negatives.base import NegativeMiner
 from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.seeding import draw_generator
 
 
 def surface_similarity(
@@ -158,7 +159,7 @@ class DebCSE(Objective):
     def sample(self, batch: Batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """(positive column per anchor (B,), sampled negatives (B, B) bool, distributions)."""
         dist = self.distributions(batch)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.draws))
+        generator = draw_generator(self.seed, int(self.draws))
         self.draws += 1
         positives = torch.multinomial(dist["positive"], 1, generator=generator).squeeze(1)
         count = max(1, round(self.negative_fraction * (batch.size - 1)))

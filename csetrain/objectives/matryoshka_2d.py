@@ -17,6 +17,7 @@ from csetrain.data.collate import Batch
 from csetrain.losses import info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.seeding import draw_generator
 
 
 def geometric_dims(hidden_size: int, base: int = 8) -> list[int]:
@@ -62,7 +63,7 @@ class Matryoshka2D(Objective):
     AdaptiveLayerLoss) softmax each embedding over its own coordinates; the teacher side is
     detached (as sentence-transformers does since #3757; the AnglE trainer lets it get gradient).
     sentence-transformers' Matryoshka2dLoss weights differently (prior layers by 1/(1+idx), KL by
-    kl_temperature=0.3, REFERENCE.md §5.6); that is not what this implements.
+    kl_temperature=0.3, dims from MatryoshkaLoss); that is not what this implements.
     """
 
     data_fields = ("anchor",)
@@ -105,7 +106,7 @@ class Matryoshka2D(Objective):
         """(layer ℓ in 1..L-1, prefix size d) for `step`, a pure function of (seed, step)."""
         if num_layers < 2:
             raise ConfigError("objective=2dmse needs an encoder with at least 2 layers")
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        gen = draw_generator(self.seed, step)
         layer = int(torch.randint(1, num_layers, (), generator=gen))
         dims = self.sizes(hidden_size)
         return layer, dims[int(torch.randint(len(dims), (), generator=gen))]

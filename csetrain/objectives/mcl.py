@@ -25,6 +25,7 @@ from csetrain.config import ConfigError
 from csetrain.data.collate import pad
 from csetrain.negatives.base import NegativeMiner, take_saved_shapes
 from csetrain.objectives.base import InfoNCEObjective, ObjectiveOutput
+from csetrain.seeding import draw_generator
 
 StageInit = Literal["initial", "previous"]
 
@@ -62,7 +63,12 @@ def kmeans(
     labels (N,)). Stops when the centroids' total squared shift is at most `tol` times the
     data's mean per-coordinate variance (scikit-learn's rule), or after `max_iter` rounds. An
     emptied cluster keeps its previous centroid. Deterministic for a seed (the seeding draws
-    from a CPU generator)."""
+    from a CPU generator).
+
+    Kept instead of scikit-learn's `KMeans(algorithm="lloyd")`, which gives the same labels and
+    centroids from the same seeding (tests/test_mcl.py): ours runs on the device that holds the
+    embeddings, and sklearn adds its threads' centroid sums in lock order, so a re-run (a
+    resume that re-clusters) is not bitwise the same."""
     points = points.float()
     if not 1 <= k <= len(points):
         raise ConfigError(f"objective.num_clusters={k}: choose 1..{len(points)} (the points)")
@@ -244,7 +250,7 @@ class MCL(InfoNCEObjective):
         group, a pure function of (seed, step) and the labels."""
         if int(self.completed_stages) == 0:
             return indices
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 700_001 + step)
+        gen = draw_generator(self.seed, step, stream=700_001)
         positions = draw_group_batch(self.cluster_labels, len(indices), gen)
         return self.cluster_rows.cpu()[positions].tolist()
 

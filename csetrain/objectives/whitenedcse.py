@@ -65,7 +65,9 @@ class WhitenedCSE(Objective):
     view k (plus a miner's extras, which are not whitened), temperature 0.05.
 
     Where the released code (SupstarZh/WhitenedCSE) differs and what we follow: it does not run
-    as published (REFERENCE.md §5.4), so the paper is the spec. Its head flattens the views
+    as published (its `models.py` passes a positional argument after a keyword one, imports
+    modules shipped only as `.pyc`, and its `train.py` lacks the `--num_pos` its README passes),
+    so the paper is the spec. Its head flattens the views
     interleaved (s0v1, s0v2, s0v3, s1v1, ...) but its SGW module slices contiguous thirds, so its
     "views" mix sentences; our field-major layout makes each third one view, as the paper
     describes. `torch.symeig` (removed from PyTorch) becomes `torch.linalg.eigh` with `eps` added
