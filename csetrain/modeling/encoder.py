@@ -14,7 +14,7 @@ from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
 from csetrain.modeling.drophead import drop_heads
 from csetrain.modeling.momentum import MomentumEncoder
-from csetrain.modeling.packing import packed_last_hidden_state, supports_packing
+from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
 
 HeadMode = Literal["none", "train_only", "always"]
@@ -100,6 +100,12 @@ class SentenceEncoder(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def max_length(self) -> int:
+        """The longest input in tokens: the position table less the positions a padding offset
+        uses (RoBERTa-family positions start after the padding index: 514 rows, 512 tokens)."""
+        return self.transformer.config.max_position_embeddings - position_offset(self.config)
 
     @property
     def config(self):
@@ -234,7 +240,7 @@ class SentenceEncoder(nn.Module):
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""
-        limit = max_length or self.transformer.config.max_position_embeddings
+        limit = max_length or self.max_length
         return self.tokenizer(
             texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"
         )
@@ -255,7 +261,7 @@ class SentenceEncoder(nn.Module):
         embed = embed or self.inference
 
         unique = list(dict.fromkeys(sentences))
-        limit = self.transformer.config.max_position_embeddings
+        limit = self.max_length
         ids = self.tokenizer(unique, truncation=True, max_length=limit)["input_ids"]
         order = sorted(range(len(unique)), key=lambda i: -len(ids[i]))
         was_training = self.training

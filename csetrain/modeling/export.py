@@ -73,9 +73,23 @@ def _inference_transformer(encoder: SentenceEncoder):
     if encoder.layer is None or encoder.layer == encoder.num_layers:
         return encoder.transformer
     model = copy.deepcopy(encoder.transformer)
-    model.encoder.layer = model.encoder.layer[: encoder.layer]
-    model.config.num_hidden_layers = encoder.layer
-    return model
+    for path in LAYER_LISTS:
+        owner = model
+        for name in path[:-1]:
+            owner = getattr(owner, name, None)
+        if isinstance(getattr(owner, path[-1], None), torch.nn.ModuleList):
+            setattr(owner, path[-1], getattr(owner, path[-1])[: encoder.layer])
+            model.config.num_hidden_layers = encoder.layer
+            return model
+    raise ConfigError(
+        f"model.layer={encoder.layer}: cannot cut {type(model).__name__}'s layers for export; "
+        "export the full model (model.layer=null)"
+    )
+
+
+# Where an architecture keeps its layer stack: BERT-like encoder.layer, DistilBERT's
+# transformer.layer, ModernBERT's layers.
+LAYER_LISTS = (("encoder", "layer"), ("transformer", "layer"), ("layers",))
 
 
 def save_sentence_transformer(
@@ -99,7 +113,7 @@ def save_sentence_transformer(
         _write_dense(path / name, torch.eye(encoder.hidden_size)[: encoder.dim], None, "identity")
     entries = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)]
     _write_json(path / "modules.json", entries)
-    limit = encoder.transformer.config.max_position_embeddings
+    limit = encoder.max_length
     _write_json(
         path / "sentence_bert_config.json", {"max_seq_length": limit, "do_lower_case": False}
     )

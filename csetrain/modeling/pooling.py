@@ -1,5 +1,5 @@
 """Poolers: token states -> one vector per sentence. A closed choice, so a Literal plus a dict
-beside the implementations (see DESIGN.md §1.3). The parameter-free ones are functions here; a
+beside the implementations, not a registry of classes. The parameter-free ones are functions here; a
 pooler with weights (`latent_attention`, csetrain/modeling/latent_attention.py) is a layer the
 encoder owns, so it is trained, checkpointed and exported with the model."""
 
