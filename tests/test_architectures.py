@@ -113,3 +113,17 @@ def test_roberta_family_length_limit_leaves_room_for_the_padding_offset():
     long = " ".join(["word"] * 700)
     assert encoder.tokenize([long])["input_ids"].shape[1] == 512
     assert torch.isfinite(encoder.encode([long])).all()  # no position beyond the table
+
+
+def test_model_hf_loads_any_encoder_folder(tmp_path):
+    from csetrain.config import instantiate
+
+    from .test_config import _compose
+
+    backbone = tiny(architecture="distilbert")
+    backbone.model.save_pretrained(tmp_path)
+    backbone.tokenizer.save_pretrained(tmp_path)
+    cfg = _compose(["model=hf", f"model.name_or_path={tmp_path}", "model.dropout=0.2"])
+    encoder = instantiate(cfg.model)
+    assert encoder.config.model_type == "distilbert" and encoder.config.dropout == 0.2
+    assert encoder.encode(["a sentence"]).shape == (1, 32)

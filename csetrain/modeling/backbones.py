@@ -207,3 +207,10 @@ def tiny(
         tokenizer=tokenizer,
         source=f"tiny-{architecture}(h={hidden_size},L={num_layers})",
     )
+
+
+def hf_encoder(name_or_path: str, dropout: float | None = None, **encoder_settings):
+    """`model=hf model.name_or_path=...`: a SentenceEncoder on any AutoModel encoder checkpoint."""
+    from csetrain.modeling.encoder import SentenceEncoder
+
+    return SentenceEncoder(from_pretrained(name_or_path, dropout), **encoder_settings)
