@@ -120,10 +120,46 @@ def test_model_hf_loads_any_encoder_folder(tmp_path):
 
     from .test_config import _compose
 
-    backbone = tiny(architecture="distilbert")
-    backbone.model.save_pretrained(tmp_path)
-    backbone.tokenizer.save_pretrained(tmp_path)
+    _saved_tiny(tmp_path, "distilbert")
     cfg = _compose(["model=hf", f"model.name_or_path={tmp_path}", "model.dropout=0.2"])
     encoder = instantiate(cfg.model)
     assert encoder.config.model_type == "distilbert" and encoder.config.dropout == 0.2
     assert encoder.encode(["a sentence"]).shape == (1, 32)
+
+
+def _saved_tiny(folder, architecture="bert"):
+    backbone = tiny(architecture=architecture)
+    backbone.model.save_pretrained(folder)
+    backbone.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_corrupt_or_pickled_weights_are_one_line_errors(tmp_path):
+    from safetensors.torch import load_file
+
+    from csetrain.modeling.backbones import from_pretrained
+
+    corrupt = _saved_tiny(tmp_path / "corrupt")
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="model.safetensors is corrupt or truncated"):
+        from_pretrained(str(corrupt))
+    pickled = _saved_tiny(tmp_path / "pickled")
+    torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="no file named model.safetensors"):
+        from_pretrained(str(pickled))
+
+
+def test_remote_code_is_refused_without_a_prompt(tmp_path):
+    import json
+
+    from csetrain.modeling.backbones import from_pretrained
+
+    folder = _saved_tiny(tmp_path / "remote")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(ConfigError, match="cannot load model"):
+        from_pretrained(str(folder))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -104,12 +105,20 @@ def model_kwargs(config: PretrainedConfig) -> dict:
 
 def from_pretrained(name_or_path: str, dropout: float | None = None) -> Backbone:
     """Any AutoModel encoder checkpoint (hub id or local folder); the hub is only reached if
-    the id is not cached. Remote code is never run (`trust_remote_code=False`, no prompt)."""
+    the id is not cached. Remote code is never run (`trust_remote_code=False`, no prompt), and
+    weights are read from safetensors only (a pickled `pytorch_model.bin` is refused)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
         set_dropout(config, dropout)
-        model = AutoModel.from_pretrained(name_or_path, config=config, **model_kwargs(config))
+        model = AutoModel.from_pretrained(
+            name_or_path, config=config, use_safetensors=True, **model_kwargs(config)
+        )
+    except SafetensorError as err:
+        raise ConfigError(
+            f"{name_or_path}: its model.safetensors is corrupt or truncated ({err}); "
+            "re-export or re-download the model"
+        ) from None
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
