@@ -76,6 +76,12 @@ class SentenceEncoder(nn.Module):
         self.prefix_encoders: list[SentenceEncoder] = []
         # Training forwards on packed rows (modeling/packing.py); set from trainer.packing.
         self.packing = False
+        # What a sentence-transformers folder declares beyond the layers (modeling/st_folder.py):
+        # a final Normalize, its max_seq_length, its prompts and whether pooling includes them.
+        self.normalize, self.max_seq_length = False, None
+        self.prompts: dict[str, str] = {}
+        self.default_prompt_name: str | None = None
+        self.include_prompt = True
         self.pooling_layer = pooling_layer(pooler, config.hidden_size, latent_attention)
         self.head = None
         if mlp_head != "none":
@@ -103,9 +109,11 @@ class SentenceEncoder(nn.Module):
 
     @property
     def max_length(self) -> int:
-        """The longest input in tokens: the position table less the positions a padding offset
-        uses (RoBERTa-family positions start after the padding index: 514 rows, 512 tokens)."""
-        return self.transformer.config.max_position_embeddings - position_offset(self.config)
+        """The longest input in tokens: a folder's max_seq_length, else the position table less
+        the positions a padding offset uses (RoBERTa-family positions start after the padding
+        index: 514 rows, 512 tokens)."""
+        limit = self.transformer.config.max_position_embeddings - position_offset(self.config)
+        return min(limit, self.max_seq_length or limit)
 
     @property
     def config(self):
@@ -188,6 +196,7 @@ class SentenceEncoder(nn.Module):
         """The embedding evaluation sees: chosen layer, head only if `always`, first `dim` dims."""
         z = self._inference_head(self.pooled(input_ids, attention_mask, self.layer))
         z = z[:, : self.dim] if self.dim else z
+        z = F.normalize(z, dim=-1) if self.normalize else z
         if not self.prefix_encoders:
             return z
         # Each part unit-normalised: the cosine of the concatenation is the mean of the parts'.

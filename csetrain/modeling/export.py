@@ -30,14 +30,8 @@ from csetrain.config import ConfigError
 from csetrain.modeling.backbones import from_pretrained
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.latent_attention import LatentAttention
+from csetrain.modeling.st_folder import ST_POOLING, read_modules
 
-ST_POOLING = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens"}
-POOLING_KEYS = (
-    "pooling_mode_cls_token",
-    "pooling_mode_mean_tokens",
-    "pooling_mode_max_tokens",
-    "pooling_mode_mean_sqrt_len_tokens",
-)
 ACTIVATIONS = {
     "tanh": "torch.nn.modules.activation.Tanh",
     "identity": "torch.nn.modules.linear.Identity",
@@ -111,6 +105,8 @@ def save_sentence_transformer(
         name = f"{len(modules)}_Truncate"
         modules.append((name, DENSE_TYPE))
         _write_dense(path / name, torch.eye(encoder.hidden_size)[: encoder.dim], None, "identity")
+    if encoder.normalize:
+        modules.append((f"{len(modules)}_Normalize", "sentence_transformers.models.Normalize"))
     entries = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)]
     _write_json(path / "modules.json", entries)
     limit = encoder.max_length
@@ -119,7 +115,11 @@ def save_sentence_transformer(
     )
     _write_json(
         path / "config_sentence_transformers.json",
-        {"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None},
+        {
+            "similarity_fn_name": "cosine",
+            "prompts": encoder.prompts,
+            "default_prompt_name": encoder.default_prompt_name,
+        },
     )
     info = {
         "pooler": encoder.pooler,
@@ -146,7 +146,8 @@ def _write_pooling(encoder: SentenceEncoder, path: Path) -> tuple[str, str]:
         return LATENT_DIR, LATENT_TYPE
     pooling = {
         "word_embedding_dimension": encoder.hidden_size,
-        **dict.fromkeys(POOLING_KEYS, False),
+        **dict.fromkeys(ST_POOLING.values(), False),
+        "include_prompt": encoder.include_prompt,
     }
     pooling[ST_POOLING[encoder.pooler]] = True
     _write_json(path / "1_Pooling" / "config.json", pooling)
@@ -161,18 +162,6 @@ def _read_latent_attention(path: Path) -> LatentAttention:
         raise ConfigError(
             f"{folder}: cannot load the latent-attention pooler ({err}); re-export the model"
         ) from None
-
-
-def _read_st_pooling(path: Path) -> str:
-    config = json.loads((path / "1_Pooling" / "config.json").read_text())
-    chosen = [name for name, key in ST_POOLING.items() if config.get(key)]
-    if "pooling_mode" in config:  # sentence-transformers >= 5.x writes a single key
-        chosen = [config["pooling_mode"]] if config["pooling_mode"] in ST_POOLING else []
-    if len(chosen) != 1:
-        raise ConfigError(
-            f"{path / '1_Pooling' / 'config.json'}: only cls or mean pooling can be loaded"
-        )
-    return chosen[0]
 
 
 def _load_head(encoder: SentenceEncoder, folder: Path) -> None:
@@ -194,38 +183,42 @@ def load_sentence_encoder(
     layer: int | None = None,
     dim: int | None = None,
 ) -> SentenceEncoder:
-    """Rebuild a SentenceEncoder from a folder saved by csetrain or sentence-transformers;
-    `pooler`/`layer`/`dim` override what was saved."""
+    """Rebuild a SentenceEncoder from a folder saved by csetrain or sentence-transformers, as its
+    modules.json declares (st_folder.py); `pooler`/`layer`/`dim` override what was saved."""
     path = Path(path).expanduser()
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
         raise ConfigError(
             f"{path} is not a saved model folder (no config.json): set model.path to a folder written by csetrain or sentence-transformers"
         )
-    info = (
-        json.loads((path / "csetrain.json").read_text())
-        if (path / "csetrain.json").is_file()
-        else {}
-    )
-    has_head = (path / "2_Dense" / "config.json").is_file()
-    saved_pooler = info.get("pooler") or (
-        _read_st_pooling(path) if (path / "1_Pooling").is_dir() else "cls"
-    )
-    pooler = pooler or saved_pooler
+    info = _read_info(path)
+    modules = read_modules(path)
+    saved_pooler = "latent_attention" if modules.latent_attention else modules.pooler
+    pooler = pooler or info.get("pooler") or saved_pooler or "cls"
     latent = _read_latent_attention(path) if pooler == "latent_attention" else None
     encoder = SentenceEncoder(
-        from_pretrained(str(path), dropout),
+        from_pretrained(str(modules.transformer_dir), dropout),
         pooler=pooler,
-        mlp_head="always" if has_head else "none",
+        mlp_head="always" if modules.head_dir else "none",
         layer=layer,
-        dim=dim or info.get("dim"),
+        dim=dim or info.get("dim") or modules.dim,
         latent_attention=latent.sizes() if latent is not None else None,
     )
     if latent is not None:
         encoder.pooling_layer.load_state_dict(latent.state_dict())
-    if has_head:
-        _load_head(encoder, path / "2_Dense")
+    if modules.head_dir:
+        _load_head(encoder, modules.head_dir)
+    encoder.normalize, encoder.max_seq_length = modules.normalize, modules.max_seq_length
+    encoder.prompts, encoder.default_prompt_name = modules.prompts, modules.default_prompt_name
+    encoder.include_prompt = modules.include_prompt
     encoder.source = info.get("source", str(path))
     encoder.prefix_encoders = [
         load_sentence_encoder(path / p) for p in info.get("prefix_encoders", [])
     ]
     return encoder
+
+
+def _read_info(path: Path) -> dict:
+    """csetrain.json: what csetrain adds to rebuild its own folders exactly ({} elsewhere)."""
+    if not (path / "csetrain.json").is_file():
+        return {}
+    return json.loads((path / "csetrain.json").read_text())

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
-PoolerName = Literal["cls", "mean", "first_last_avg", "latent_attention"]
+PoolerName = Literal[
+    "cls", "mean", "max", "mean_sqrt_len", "last_token", "first_last_avg", "latent_attention"
+]
 
 
 def cls_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
@@ -27,6 +30,27 @@ def mean_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
     return _masked_mean(hidden_states[-1], mask)
 
 
+def max_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+    """Per-coordinate max of the last layer over real tokens (sentence-transformers' max)."""
+    states = hidden_states[-1]
+    padding = (mask == 0).unsqueeze(-1)  # (N, L, 1)
+    return states.masked_fill(padding, torch.finfo(states.dtype).min).max(dim=1).values
+
+
+def mean_sqrt_len_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+    """Sum of the last layer over real tokens / sqrt(their count) (sentence-transformers')."""
+    weights = mask.unsqueeze(-1).to(hidden_states[-1].dtype)
+    total = (hidden_states[-1] * weights).sum(1)
+    return total / weights.sum(1).clamp(min=1e-9).sqrt()
+
+
+def last_token_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
+    """The last real token of each row, under right or left padding (decoder embedders)."""
+    length = mask.shape[1]
+    last = length - 1 - mask.flip(1).to(torch.long).argmax(dim=1)  # (N,) position of the last 1
+    return hidden_states[-1][torch.arange(mask.shape[0], device=mask.device), last]
+
+
 def first_last_avg(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
     """Mean over tokens of (first transformer layer + last layer) / 2, the BERT-flow/whitening
     baseline. SimCSE's code averages the *embedding* output with the last layer instead
@@ -34,7 +58,14 @@ def first_last_avg(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
     return _masked_mean((hidden_states[1] + hidden_states[-1]) / 2, mask)
 
 
-POOLERS = {"cls": cls_pool, "mean": mean_pool, "first_last_avg": first_last_avg}
+POOLERS = {
+    "cls": cls_pool,
+    "mean": mean_pool,
+    "max": max_pool,
+    "mean_sqrt_len": mean_sqrt_len_pool,
+    "last_token": last_token_pool,
+    "first_last_avg": first_last_avg,
+}
 NEEDS_ALL_LAYERS = {"first_last_avg"}
 TRAINED_POOLERS = {"latent_attention"}  # poolers with weights: a layer the encoder owns
 
