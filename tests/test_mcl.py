@@ -23,7 +23,7 @@ from csetrain.objectives.mcl import (
     stage_boundaries,
 )
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_cli, shared_cache, small_sts
 from .test_objectives import _unsup_batch
 
 TOPICS = ["the cat sat on mat {}", "stock prices rose {} percent", "rain fell for {} hours"]
@@ -280,6 +280,8 @@ def test_cli_three_steps_saves_and_reloads_the_concatenated_model(tmp_path):
         "trainer.progress=false",
         "tracking=none",
         f"paths.output_dir={tmp_path}",
+        f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+        f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
         "--json",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -85,7 +85,8 @@ def test_training_forward_packs_with_equal_gradients():
         encoder.packing = packing
         shapes = []
         encoder.transformer.register_forward_pre_hook(
-            lambda m, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True
+            lambda m, args, kwargs, shapes=shapes: shapes.append(kwargs["input_ids"].shape),
+            with_kwargs=True,
         )
         ids, mask = _batch([7, 3, 9, 1, 4, 9], width=9)
         loss = encoder(ids, mask).pow(2).sum()

@@ -19,6 +19,7 @@ from csetrain.loop import Interrupted
 from csetrain.tracking import MlflowTracker
 from csetrain.train import run_training
 
+from .helpers import shared_cache, small_sts
 from .test_config import _compose
 
 
@@ -36,9 +37,16 @@ def _cfg(tmp_path, name, extra=()):
             "tracking.log_model=false",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"paths.output_dir={tmp_path}/{name}",
+            f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+            f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
             *extra,
         ]
     )
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, mlflow_store):
+    mlflow_store(tmp_path / "mlflow.db")  # the store _cfg names, empty
 
 
 def _weights(summary):
