@@ -1,5 +1,7 @@
 """Helpers shared by tests that drive the real `csetrain` command."""
 
+import contextlib
+import logging
 import subprocess
 import sys
 
@@ -10,17 +12,38 @@ def csetrain_cli(*args: str, cwd=None, timeout: int = 600) -> subprocess.Complet
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+@contextlib.contextmanager
+def _logging_restored():
+    """Put back every logger's handlers, level, propagation and disabled flag on exit."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    loggers = [lg for lg in loggers if isinstance(lg, logging.Logger)]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    known = {id(lg) for lg in loggers}
+    try:
+        yield
+    finally:
+        for lg, handlers, level, propagate, disabled in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+        for lg in logging.Logger.manager.loggerDict.values():  # loggers made during the call
+            if isinstance(lg, logging.Logger) and id(lg) not in known:
+                lg.handlers[:] = []
+
+
 def csetrain_in_process(*args: str) -> subprocess.CompletedProcess:
     """Run `csetrain ARGS` in this interpreter (typer's test runner), as `csetrain_cli` reports
     it: exit code, stdout, stderr. A fresh interpreter costs ~10 s of imports on 2 cores; tests
     of the command's own handling use this, and a few keep `csetrain_cli` for the real entry
     point. An exception the command did not turn into an exit code propagates (where a
-    subprocess would print a traceback)."""
+    subprocess would print a traceback). Hydra configures logging for its jobs, with handlers
+    on the runner's streams, which close after the call: the logging state is put back."""
     from typer.testing import CliRunner
 
     from csetrain.cli import app
 
-    result = CliRunner().invoke(app, list(args))
+    with _logging_restored():
+        result = CliRunner().invoke(app, list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)

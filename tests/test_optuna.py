@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 
 from csetrain.config import config_dir, register_resolvers
 
-from .helpers import csetrain_cli, shared_cache, small_sts
+from .helpers import csetrain_in_process, shared_cache, small_sts
 
 
 def test_optuna_study_runs_trials_as_child_runs(tmp_path, mlflow_store):
@@ -29,7 +29,7 @@ def test_optuna_study_runs_trials_as_child_runs(tmp_path, mlflow_store):
         f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
         f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
     ]
-    proc = csetrain_cli(*args, cwd=tmp_path)
+    proc = csetrain_in_process(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])

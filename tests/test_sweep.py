@@ -7,7 +7,7 @@ import statistics
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import csetrain_cli, shared_cache, small_sts
+from .helpers import csetrain_in_process, shared_cache, small_sts
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def _sweep(tmp_path, *overrides):
         f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
         f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
     ]
-    return csetrain_cli(*args, cwd=tmp_path)
+    return csetrain_in_process(*args)
 
 
 def test_sweep_parent_children_failure_and_resume(tmp_path):

@@ -11,7 +11,7 @@ from csetrain.loop import fit
 from csetrain.tracking import NullTracker
 from csetrain.train import build
 
-from .helpers import csetrain_cli, shared_cache, small_sts
+from .helpers import csetrain_cli, csetrain_in_process, shared_cache, small_sts
 from .test_config import _compose
 from .tolerances import assert_float32_of_float64_close
 
@@ -156,8 +156,9 @@ def metrics_run_dir(run):
 
 
 def test_cli_failure_marks_run_failed(tmp_path, mlflow_store):
+    """In this interpreter: the real entry point is run by the test above and test_faults."""
     uri = mlflow_store(tmp_path / "mlflow.db")
-    proc = csetrain_cli(
+    proc = csetrain_in_process(
         "train",
         "experiment=demo",
         "model=tiny",
