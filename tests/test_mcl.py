@@ -23,7 +23,7 @@ from csetrain.objectives.mcl import (
     stage_boundaries,
 )
 
-from .helpers import csetrain_cli, shared_cache, small_sts
+from .helpers import csetrain_in_process, shared_cache, small_sts
 from .test_objectives import _unsup_batch
 
 TOPICS = ["the cat sat on mat {}", "stock prices rose {} percent", "rain fell for {} hours"]
@@ -268,7 +268,7 @@ def test_resume_mid_stage_two_restores_clusters_and_continues_bitwise(tmp_path):
 
 
 def test_cli_three_steps_saves_and_reloads_the_concatenated_model(tmp_path):
-    proc = csetrain_cli(
+    proc = csetrain_in_process(
         "train",
         "experiment=demo",
         "model=tiny",
