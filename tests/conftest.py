@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,36 @@ def minilm():
     from csetrain.modeling.encoder import SentenceEncoder
 
     return SentenceEncoder(minilm_l6(), pooler="mean")
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created once: MLflow builds a new store's schema by running
+    every migration, seconds per store, which dozens of tests would otherwise each pay."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path
+
+
+@pytest.fixture
+def mlflow_store(_empty_mlflow_db):
+    """`mlflow_store(path)`: put a fresh, empty MLflow SQLite store at `path` (a copy of one
+    MLflow created at this session's version) and return its `sqlite:///` URI."""
+
+    def make(path) -> str:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_mlflow_db, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _small_sts_pack(tmp_path_factory) -> Path:
+    """The small STS-B evaluation pack that end-to-end tests point `paths.data_dir` at."""
+    from .helpers import make_small_sts
+
+    return make_small_sts(tmp_path_factory.mktemp("small_sts"))

@@ -77,8 +77,8 @@ def test_every_full_table_averages_to_its_published_average():
                 ), entry["label"]
 
 
-def test_reference_runs_are_written_once(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_reference_runs_are_written_once(tmp_path, mlflow_store):
+    uri = mlflow_store(tmp_path / "mlflow.db")
     runner = CliRunner()
     first = runner.invoke(app, ["runs", "baselines", "--uri", uri, "-e", "refs"])
     assert first.exit_code == 0, first.output
@@ -98,8 +98,8 @@ def test_reference_runs_are_written_once(tmp_path):
     assert simcse.data.metrics == reference_scores("senteval")["SimCSE-unsup BERT-base"]
 
 
-def test_a_corrected_number_updates_the_same_run(tmp_path):
-    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="refs")
+def test_a_corrected_number_updates_the_same_run(tmp_path, mlflow_store):
+    cfg = TrackingConfig(uri=mlflow_store(tmp_path / "mlflow.db"), experiment="refs")
     refs = reference_runs()[:1]
     ((run_id, _),) = write_reference_runs(cfg, refs)
     key = next(iter(refs[0]["metrics"]))

@@ -262,7 +262,7 @@ def test_state_round_trips_into_a_fresh_objective():
         assert torch.equal(value, state[key]), key
 
 
-def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, mlflow_store):
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
@@ -272,6 +272,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
 
     from .test_resume import _cfg
 
+    mlflow_store(tmp_path / "mlflow.db")  # the store _cfg names, empty
     extra = ["objective=ccp", "data=sample_neighbours", "objective.bank_size=20"]
     straight = run_training(_cfg(tmp_path, "straight", extra))
     original = MlflowTracker.log_metrics

@@ -7,7 +7,7 @@ from csetrain.config import ConfigError
 from csetrain.loop import TrainingDiverged
 from csetrain.train import check_writable, run_training
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_cli, csetrain_in_process, shared_cache, small_sts
 from .test_config import _compose
 
 
@@ -21,6 +21,8 @@ def _tiny(tmp_path, *extra):
             "trainer.progress=false",
             "tracking=none",
             f"paths.output_dir={tmp_path}/out",
+            f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+            f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
             *extra,
         ]
     )
@@ -69,9 +71,14 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS)
-def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message):
-    proc = csetrain_cli(  # a later key wins: the overrides come last
+# Each case in this interpreter; the first also through a fresh `python -m csetrain.cli`, the
+# entry point a user runs (the other cases differ only after the entry point).
+CASES = [(*BAD_INPUTS[0], csetrain_cli)] + [(*case, csetrain_in_process) for case in BAD_INPUTS]
+
+
+@pytest.mark.parametrize(("overrides", "message", "run"), CASES)
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message, run):
+    proc = run(  # a later key wins: the overrides come last
         "train",
         "experiment=demo",
         "model=tiny",

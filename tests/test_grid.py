@@ -11,7 +11,7 @@ from csetrain.eval.grid import GridEvaluator, default_dims, markdown_table
 from csetrain.eval.sts import PairSet, STSEvaluator
 from csetrain.modeling.encoder import SentenceEncoder
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_in_process, small_sts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,13 +90,13 @@ def test_written_files_hold_the_scores(stsb_dev, tiny_encoder, tmp_path):
     )
 
 
-def test_cli_eval_grid_writes_into_its_run_dir(tmp_path, data_dir):
-    proc = csetrain_cli(
+def test_cli_eval_grid_writes_into_its_run_dir(tmp_path):
+    proc = csetrain_in_process(
         "eval",
         "model=tiny",
         "eval=grid",
         "eval.dims=[8,32]",
-        f"paths.data_dir={data_dir}",
+        f"paths.data_dir={small_sts()}",  # STS-B dev cut to 200 pairs: the files, not the scores
         f"paths.output_dir={tmp_path}",
         "--json",
     )

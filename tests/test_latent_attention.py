@@ -1,6 +1,7 @@
 """Latent-attention pooling (NV-Embed): shapes, padding never counts, the attention by hand,
 save -> reload (csetrain and sentence-transformers), and 3 training steps."""
 
+import copy
 import math
 
 import pytest
@@ -11,6 +12,8 @@ from csetrain.config import ConfigError
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
 from csetrain.modeling.latent_attention import LatentAttention
+
+from .tolerances import assert_float64_close
 
 SENTENCES = ["a cat sits on the mat .", "the quick brown fox jumps over the lazy dog", "hello"]
 TINY_SIZES = {"num_latents": 8, "heads": 2, "dim_head": 8, "mlp_mult": 2}
@@ -55,23 +58,27 @@ def test_paper_sizes_are_the_default(tiny_backbone):
 
 
 def test_padding_never_changes_the_output(tiny_backbone):
-    encoder = _encoder(tiny_backbone).eval()
+    """In float64: each padded width runs the sums in another order."""
+    encoder = _encoder(tiny_backbone)
     _shuffle_weights(encoder.pooling_layer)
+    encoder = copy.deepcopy(encoder).double().eval()  # the shared backbone stays float32
     ids = encoder.tokenizer(["a cat sits on the mat ."], return_tensors="pt")["input_ids"]
     pad = encoder.tokenizer.pad_token_id
     reference = encoder(ids, torch.ones_like(ids))
     for extra in (1, 5, 17):  # append padding tokens, masked out
         padded = torch.cat([ids, torch.full((1, extra), pad)], dim=1)
         mask = torch.cat([torch.ones_like(ids), torch.zeros(1, extra, dtype=torch.long)], dim=1)
-        assert torch.allclose(encoder(padded, mask), reference, atol=1e-5)
+        assert_float64_close(encoder(padded, mask), reference)
     # at the layer itself: whatever sits in masked positions is never read
     gen = torch.Generator().manual_seed(1)
-    states = torch.randn(2, 6, 32, generator=gen)
+    states = torch.randn(2, 6, 32, generator=gen, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]])
     noisy = states.clone()
-    noisy[mask == 0] = 100 * torch.randn(int((mask == 0).sum()), 32, generator=gen)
+    noisy[mask == 0] = 100 * torch.randn(
+        int((mask == 0).sum()), 32, generator=gen, dtype=torch.float64
+    )
     layer = encoder.pooling_layer
-    assert torch.allclose(layer(states, mask), layer(noisy, mask), atol=1e-5)
+    assert_float64_close(layer(noisy, mask), layer(states, mask))
 
 
 def _by_hand(layer: LatentAttention, states, mask):
@@ -89,22 +96,24 @@ def _by_hand(layer: LatentAttention, states, mask):
     hidden = hidden @ layer.mlp_in.weight.T + layer.mlp_in.bias
     value, gate = hidden[..., : 32 * layer.mlp_mult], hidden[..., 32 * layer.mlp_mult :]
     out = (value * F.gelu(gate)) @ layer.mlp_out.weight.T + layer.mlp_out.bias + attended
-    m = mask[..., None].float()
+    m = mask[..., None].to(states.dtype)
     return (out * m).sum(1) / m.sum(1), attended - states
 
 
 @pytest.mark.parametrize("num_latents", [1, 3])
 def test_one_head_attention_by_hand(num_latents):
+    """In float64: the hand computation sums in another order than the layer."""
     layer = LatentAttention(32, num_latents=num_latents, heads=1, dim_head=5, mlp_mult=2)
     _shuffle_weights(layer)
+    layer.double()
     gen = torch.Generator().manual_seed(2)
-    states = torch.randn(2, 4, 32, generator=gen)
+    states = torch.randn(2, 4, 32, generator=gen, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     expected, attention_out = _by_hand(layer, states, mask)
-    assert torch.allclose(layer(states, mask), expected, atol=1e-5)
+    assert_float64_close(layer(states, mask), expected)
     if num_latents == 1:  # softmax over one key is 1: every token receives the same value
         value = layer.to_out(layer.to_kv(layer.norm_latents(layer.latents))[:, 5:])  # (1, D)
-        assert torch.allclose(attention_out, value.expand_as(attention_out), atol=1e-5)
+        assert_float64_close(attention_out, value.expand_as(attention_out))
 
 
 def test_gradients_reach_the_latents_and_the_transformer(tiny_backbone):

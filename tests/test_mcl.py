@@ -24,7 +24,7 @@ from csetrain.objectives.mcl import (
     stage_boundaries,
 )
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_in_process, shared_cache, small_sts
 from .test_objectives import _unsup_batch
 
 TOPICS = ["the cat sat on mat {}", "stock prices rose {} percent", "rain fell for {} hours"]
@@ -288,7 +288,7 @@ def test_resume_mid_stage_two_restores_clusters_and_continues_bitwise(tmp_path):
 
 
 def test_cli_three_steps_saves_and_reloads_the_concatenated_model(tmp_path):
-    proc = csetrain_cli(
+    proc = csetrain_in_process(
         "train",
         "experiment=demo",
         "model=tiny",
@@ -300,6 +300,8 @@ def test_cli_three_steps_saves_and_reloads_the_concatenated_model(tmp_path):
         "trainer.progress=false",
         "tracking=none",
         f"paths.output_dir={tmp_path}",
+        f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+        f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
         "--json",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

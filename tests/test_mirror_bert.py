@@ -16,6 +16,7 @@ from csetrain.negatives.base import NegativeMiner, Negatives
 from csetrain.objectives.mirror_bert import MirrorBERT, nt_xent
 
 from .test_config import _compose
+from .tolerances import softmax_loss_atol
 
 TEXTS = [
     "A man is playing a large flute on the stage.",
@@ -50,13 +51,15 @@ def test_nt_xent_by_hand():
     first, second, extra = (torch.randn(s, 5, generator=gen) for s in (3, 3, 2))
     loss, logits, targets = nt_xent(first, second, 0.5)
     assert logits.shape == (6, 6) and targets.tolist() == [3, 4, 5, 0, 1, 2]
+    # float32 against the float64 hand sum: cosines of 5 dims, softmax over up to 8 candidates
+    atol = softmax_loss_atol(terms=8, max_abs_logit=1 / 0.5, sides=1)
     assert loss.item() == pytest.approx(
-        _nt_xent_by_hand(first.numpy(), second.numpy(), 0.5), rel=1e-5
+        _nt_xent_by_hand(first.numpy(), second.numpy(), 0.5), abs=atol
     )
     loss, logits, _ = nt_xent(first, second, 0.5, extra)
     assert logits.shape == (6, 8)
     expected = _nt_xent_by_hand(first.numpy(), second.numpy(), 0.5, extra.numpy())
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, abs=atol)
 
 
 def _batch(encoder, step=0):

@@ -7,12 +7,12 @@ from mlflow import MlflowClient
 
 from csetrain.config import config_dir, register_resolvers
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_in_process, shared_cache, small_sts
 
 
-def test_optuna_study_runs_trials_as_child_runs(tmp_path):
+def test_optuna_study_runs_trials_as_child_runs(tmp_path, mlflow_store):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs csetrain[sweep]")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path / "mlflow.db")
     args = [
         "train",
         "hparams_search=optuna",
@@ -26,8 +26,10 @@ def test_optuna_study_runs_trials_as_child_runs(tmp_path):
         "tracking.log_model=false",
         f"tracking.uri={uri}",
         f"paths.output_dir={tmp_path}/out",
+        f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+        f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
     ]
-    proc = csetrain_cli(*args, cwd=tmp_path)
+    proc = csetrain_in_process(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])

@@ -56,15 +56,15 @@ def test_a_file_that_is_not_pair_scores_fails_in_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_csetrain_eval_saves_and_logs_the_pairs(mini_pack, tmp_path):
+def test_csetrain_eval_saves_and_logs_the_pairs(mini_pack, tmp_path, mlflow_store):
     from mlflow import MlflowClient
 
-    from .helpers import csetrain_cli
+    from .helpers import csetrain_in_process
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path / "mlflow.db")
     args = ["model=tiny", "eval=stsb_test", f"paths.data_dir={mini_pack}", "tracking=mlflow"]
     args += [f"tracking.uri={uri}", f"paths.output_dir={tmp_path}/out", "--json"]
-    done = csetrain_cli("eval", *args, cwd=tmp_path)
+    done = csetrain_in_process("eval", *args)
     assert done.returncode == 0, done.stderr[-2000:]
     (run_dir,) = tmp_path.glob("out/evals/*/*")
     pairs = load_pair_scores(run_dir / "pair_scores.npz")

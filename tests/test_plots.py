@@ -203,8 +203,8 @@ def test_score_start_is_cached_by_weights_and_eval_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_2dmse_run_logs_plots_and_grid_as_artifacts(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_cli_2dmse_run_logs_plots_and_grid_as_artifacts(tmp_path, mlflow_store):
+    uri = mlflow_store(tmp_path / "mlflow.db")
     proc = csetrain_cli(
         "train",
         "experiment=demo",

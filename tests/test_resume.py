@@ -1,5 +1,10 @@
 """Exact resume: a run stopped by SIGTERM mid-way and resumed with trainer.resume=auto ends with
-bitwise the same weights, in the same MLflow run, as an uninterrupted run."""
+bitwise the same weights, in the same MLflow run, as an uninterrupted run.
+
+Bitwise equality is machine-independent here: both runs execute the identical sequence of
+operations on identically shaped tensors in one process (same seeds, same batches, same kernels
+and thread count), and the resumed run restores weights, optimizer, scheduler and RNG states
+exactly, so no summation order differs between the two."""
 
 import os
 import signal
@@ -14,6 +19,7 @@ from csetrain.loop import Interrupted
 from csetrain.tracking import MlflowTracker
 from csetrain.train import run_training
 
+from .helpers import shared_cache, small_sts
 from .test_config import _compose
 
 
@@ -31,9 +37,16 @@ def _cfg(tmp_path, name, extra=()):
             "tracking.log_model=false",
             f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"paths.output_dir={tmp_path}/{name}",
+            f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+            f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
             *extra,
         ]
     )
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, mlflow_store):
+    mlflow_store(tmp_path / "mlflow.db")  # the store _cfg names, empty
 
 
 def _weights(summary):

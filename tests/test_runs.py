@@ -3,6 +3,7 @@ MLflow's REST API."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from csetrain.cli import app
 from csetrain.train import run_training
 
+from .helpers import shared_cache, small_sts
 from .test_config import _compose
 
 
@@ -37,6 +39,8 @@ def make_two_runs(tmp, uri):
                     f"tracking.uri={uri}",
                     f"tracking.run_name=csetrain-lr-{lr}",
                     f"paths.output_dir={tmp}/out",
+                    f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+                    f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
                 ]
             )
         )
@@ -45,8 +49,9 @@ def make_two_runs(tmp, uri):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, _empty_mlflow_db):
     tmp = tmp_path_factory.mktemp("runs")
+    shutil.copyfile(_empty_mlflow_db, tmp / "mlflow.db")  # an empty store, schema made once
     uri = f"sqlite:///{tmp}/mlflow.db"
     return uri, make_two_runs(tmp, uri)
 
@@ -151,6 +156,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # starts a real MLflow server (~20 s on 2 cores), like test_tracking_faults
 def test_ui_serves_the_runs_over_rest(two_runs):
     pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
     uri, (a, b) = two_runs

@@ -7,7 +7,12 @@ import statistics
 import pytest
 from mlflow import MlflowClient
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_in_process, shared_cache, small_sts
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, mlflow_store):
+    mlflow_store(tmp_path / "mlflow.db")  # the store _sweep names, empty
 
 
 def _sweep(tmp_path, *overrides):
@@ -23,8 +28,10 @@ def _sweep(tmp_path, *overrides):
         *overrides,
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         f"paths.output_dir={tmp_path}/out",
+        f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+        f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
     ]
-    return csetrain_cli(*args, cwd=tmp_path)
+    return csetrain_in_process(*args)
 
 
 def test_sweep_parent_children_failure_and_resume(tmp_path):

@@ -11,8 +11,9 @@ from csetrain.loop import fit
 from csetrain.tracking import NullTracker
 from csetrain.train import build
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_cli, csetrain_in_process, shared_cache, small_sts
 from .test_config import _compose
+from .tolerances import assert_float32_of_float64_close
 
 # First five training losses of the tiny model on the bundled sample (seed 42, batch 8), recorded
 # once from this implementation; a change here means the math, data order or init changed.
@@ -44,6 +45,8 @@ def _run_tiny(tmp_path, extra=()):
             "trainer.eval_every=0",
             "trainer.progress=false",
             f"paths.output_dir={tmp_path}",
+            f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+            f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
             *extra,
         ]
     )
@@ -97,8 +100,8 @@ def test_best_checkpoint_is_the_best_dev_step(tmp_path):
     assert rescored == pytest.approx(best_value, abs=1e-4)  # the saved model is the selected one
 
 
-def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path, mlflow_store):
+    uri = mlflow_store(tmp_path / "mlflow.db")
     proc = csetrain_cli(
         "train",
         "experiment=demo",
@@ -109,6 +112,8 @@ def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
         "trainer.progress=false",
         f"tracking.uri={uri}",
         f"paths.output_dir={tmp_path}/out",
+        f"paths.data_dir={small_sts()}",  # evaluation data: STS-B cut to 200 pairs
+        f"paths.cache_dir={shared_cache()}",  # sample tokens, start scores: once
         "--json",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -136,11 +141,12 @@ def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path):
     from csetrain.modeling.export import load_sentence_encoder
 
     sentences = load_task(ASSETS_DIR / "sample", "stsb", "test", "senteval")[0].first[:64]
-    theirs = torch.from_numpy(
-        SentenceTransformer(model_dir, device="cpu").encode(sentences, convert_to_numpy=True)
-    )
-    ours = load_sentence_encoder(metrics_run_dir(run) / "checkpoints" / "best").encode(sentences)
-    assert torch.allclose(theirs, ours, atol=1e-5)
+    # both in float64 (the float32 weights cast exactly): the two libraries batch and pad
+    # differently, so their float32 sums would run in another order
+    st = SentenceTransformer(model_dir, device="cpu").double()
+    theirs = torch.from_numpy(st.encode(sentences, convert_to_numpy=True))
+    ours = load_sentence_encoder(metrics_run_dir(run) / "checkpoints" / "best").double()
+    assert_float32_of_float64_close(ours.encode(sentences), theirs)
 
 
 def metrics_run_dir(run):
@@ -149,9 +155,10 @@ def metrics_run_dir(run):
     return Path(run.data.tags["run_dir"])
 
 
-def test_cli_failure_marks_run_failed(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = csetrain_cli(
+def test_cli_failure_marks_run_failed(tmp_path, mlflow_store):
+    """In this interpreter: the real entry point is run by the test above and test_faults."""
+    uri = mlflow_store(tmp_path / "mlflow.db")
+    proc = csetrain_in_process(
         "train",
         "experiment=demo",
         "model=tiny",
