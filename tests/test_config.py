@@ -4,13 +4,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from csetrain.config import (
-    ConfigError,
-    config_dir,
-    instantiate,
-    register_resolvers,
-    validate_settings,
-)
+from csetrain.app.settings import config_dir, instantiate, register_resolvers, validate_settings
+from csetrain.config import ConfigError
 
 GROUPS = [
     "model",

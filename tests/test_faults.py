@@ -3,9 +3,10 @@ and leaves nothing half-written."""
 
 import pytest
 
+from csetrain.app.context import check_writable
+from csetrain.app.train import train
 from csetrain.config import ConfigError
 from csetrain.loop import TrainingDiverged
-from csetrain.train import check_writable, run_training
 
 from .helpers import csetrain_cli
 from .test_config import _compose
@@ -36,7 +37,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_p
         "trainer.save_every=1",
     )
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step \d: lower trainer.lr"):
-        run_training(cfg)
+        train(cfg)
     from safetensors.torch import load_file
 
     states = list((tmp_path / "out").glob("runs/*/checkpoints/last/encoder.safetensors"))
@@ -89,10 +90,10 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message):
 
 def test_selecting_on_a_test_split_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="dev_eval scores a test split"):
-        run_training(_tiny(tmp_path, "eval@dev_eval=stsb_test"))
+        train(_tiny(tmp_path, "eval@dev_eval=stsb_test"))
 
 
 @pytest.mark.parametrize("objective", ["whitenedcse", "2dmse"])
 def test_grad_cache_with_an_objective_that_cannot_chunk_is_refused(tmp_path, objective):
     with pytest.raises(ConfigError, match="does not support GradCache"):
-        run_training(_tiny(tmp_path, f"objective={objective}", "trainer.grad_cache.chunk_size=4"))
+        train(_tiny(tmp_path, f"objective={objective}", "trainer.grad_cache.chunk_size=4"))

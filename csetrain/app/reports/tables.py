@@ -1,6 +1,7 @@
 """`csetrain runs list|compare|best`: runs read back from any tracking URI, as terminal tables,
 and the paired bootstrap of two runs' per-pair similarities (statistics in csetrain/stats.py).
-Reading goes through tracking.py (the only MLflow import); this module reads run dirs, formats."""
+Reading goes through the run store (app/store, the only MLflow import); this module reads run
+dirs and formats."""
 
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def local_run(folder: Path) -> dict:
     eval_results.json), for runs that were never logged to a store."""
     import yaml
 
-    from csetrain.tracking import flatten
+    from csetrain.app.store.tracker import flatten
 
     config_file, results_file = folder / "config.yaml", folder / "eval_results.json"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
@@ -135,7 +136,7 @@ def pair_scores_for(run: dict, uri: str | None):
         return load_pair_scores(local)
     if uri is None or run.get("experiment_id") is None:
         return None
-    from csetrain.tracking import download_artifact
+    from csetrain.app.store.queries import download_artifact
 
     with tempfile.TemporaryDirectory() as tmp:
         found = download_artifact(uri, run["id"], FILE_NAME, Path(tmp))
