@@ -16,7 +16,6 @@ from csetrain.app.reports.plots import (
     START_FILE,
     MetricLog,
     alignment_uniformity,
-    grid_heatmap,
     main_keys,
     never_fail,
     save_figure,
@@ -27,6 +26,7 @@ from csetrain.app.reports.plots import (
     write_run_plots,
 )
 from csetrain.app.store.tracker import NullTracker
+from csetrain.eval.grid import grid_heatmap
 from csetrain.eval.sts import EvalResult
 
 from .helpers import csetrain_cli
