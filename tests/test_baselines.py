@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from csetrain import baselines
+from csetrain.app.reports import baselines
 from csetrain.app.cli import app
 from csetrain.app.reports.baselines import (
     MTEB_NAMES,
