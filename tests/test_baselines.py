@@ -6,8 +6,8 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from csetrain.app.reports import baselines
 from csetrain.app.cli import app
+from csetrain.app.reports import baselines
 from csetrain.app.reports.baselines import (
     MTEB_NAMES,
     TASKS,
