@@ -11,24 +11,19 @@ where a complete one is expected.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from csetrain.config import ConfigError
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
-
-VOLATILE_KEYS = (("trainer", "resume"), ("trainer", "progress"), ("tracking", "run_name"))
+from csetrain.runtime import rng_states, set_rng_states
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -48,35 +43,6 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read
     os.replace(tmp, path)
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """Identity of a run's configuration, ignoring keys that do not change the result."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for group, key in VOLATILE_KEYS:
-        data.get(group, {}).pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _rng_states() -> dict:
-    numpy_state = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, *rest = states["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -121,7 +87,7 @@ class Checkpointer:
             "step": step,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": _rng_states(),
+            "rng": rng_states(),
             "progress": progress,
         }
         torch.save(state, tmp / "trainer_state.pt")
@@ -141,7 +107,7 @@ class Checkpointer:
             ) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_states(state["rng"])
+        set_rng_states(state["rng"])
         return state["step"], state["progress"]
 
     def meta(self) -> dict | None:

@@ -1,8 +1,8 @@
-"""Config plumbing: where the YAML lives, schemas for plain settings, start-up validation.
+"""Errors the user can act on, and the schemas of the plain settings (trainer, tracking, paths).
 
-Component groups (model, objective, ...) are checked by instantiating them; plain settings
-(trainer, tracking, paths) are checked here against dataclasses, so a typo or a wrong type fails
-at start-up with the key named, not after an hour of training.
+The library reads its settings from these dataclasses; the application side
+(csetrain/app/settings.py) checks a composed config against them at start-up, so a typo or a
+wrong type fails with the key named, not after an hour of training.
 """
 
 from __future__ import annotations
@@ -10,10 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -25,18 +21,6 @@ class CsetrainError(Exception):
 
 class ConfigError(CsetrainError, ValueError):
     """A bad setting or input; the message is one line naming the key/file and the fix."""
-
-
-def config_dir() -> Path:
-    """The YAML tree: packaged copy in a wheel install, the repo's conf/ in a source checkout."""
-    packaged = PACKAGE_DIR / "conf"
-    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / "conf"
-
-
-def register_resolvers() -> None:
-    """`${assets:sample}` points into the package's bundled data (works from any working dir)."""
-    if not OmegaConf.has_resolver("assets"):
-        OmegaConf.register_new_resolver("assets", lambda sub="": str(ASSETS_DIR / sub))
 
 
 @dataclass
@@ -84,6 +68,15 @@ class PathsConfig:
     cache_dir: str = "outputs/cache"
 
 
+@dataclass
+class Settings:
+    """The plain settings of one run, typed; a config without a node gets the schema's defaults."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 SCHEMAS: dict[str, type] = {
     "trainer": TrainerConfig,
     "tracking": TrackingConfig,
@@ -95,29 +88,6 @@ CHOICES = {
     ("trainer", "precision"): ("fp32", "bf16", "fp16"),
     ("tracking", "backend"): ("mlflow", "none"),
 }
-
-
-def validate_settings(cfg: DictConfig) -> dict[str, Any]:
-    """Check each plain-settings node against its schema; return the typed objects by name."""
-    typed = {}
-    for name, schema in SCHEMAS.items():
-        if name not in cfg:
-            continue
-        try:
-            values = OmegaConf.to_container(cfg[name], resolve=True)  # interpolations need the root
-            merged = OmegaConf.merge(OmegaConf.structured(schema), values)
-        except OmegaConfBaseException as err:
-            key = f"{name}.{err.full_key}" if getattr(err, "full_key", None) else name
-            reason = str(err).splitlines()[0]
-            raise ConfigError(
-                f"config key '{key}': {reason} (see `csetrain validate`, conf/{name}/)"
-            ) from None
-        typed[name] = OmegaConf.to_object(merged)
-    for (group, key), allowed in CHOICES.items():
-        value = getattr(typed.get(group), key, allowed[0])
-        if value not in allowed:
-            raise ConfigError(f"config key '{group}.{key}'={value!r} is not one of {list(allowed)}")
-    return typed
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:
@@ -142,22 +112,3 @@ def require_file(path: Path, what: str, key: str) -> Path:
             f"{what} not found: {path} (set {key}, or paths.data_dir / $CSETRAIN_DATA_DIR)"
         )
     return path
-
-
-def instantiate(node, **kwargs):
-    """hydra.utils.instantiate, with our own errors unwrapped and others made one line."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as hydra_instantiate
-
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, CsetrainError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        raise ConfigError(
-            " ".join(lines[:3]) + " (check that option's keys: `csetrain validate --show`)"
-        ) from None

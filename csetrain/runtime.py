@@ -245,3 +245,37 @@ def average_gradients(params) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def rng_states() -> dict:
+    """Every RNG a training step draws from (torch CPU and each GPU, numpy, python), as a dict
+    `torch.load(weights_only=True)` can read back (numpy's key array as a tensor)."""
+    numpy_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `rng_states` captured (GPU states only where there are GPUs)."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def free_memory() -> None:
+    """Release what a finished run held (Python garbage, the GPU's cached blocks), so the next
+    job of a multirun in the same process starts clean."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

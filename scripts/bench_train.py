@@ -7,7 +7,7 @@ cosine similarity with temperature 0.05 (= MultipleNegativesRankingLoss scale 20
 lr 3e-5 with linear decay to 0, gradient clipping at 1.0, fp32 on CPU, `--threads` torch threads.
 
 - csetrain: the config composed by csetrain's own Hydra entry point, built by
-  `csetrain.train.build` and trained by `csetrain.loop.fit` (one forward pass over both views).
+  `csetrain.app.train.build` and trained by `csetrain.loop.fit` (one forward pass over both views).
 - sentence-transformers: `SentenceTransformerTrainer` + `MultipleNegativesRankingLoss` on
   `SentenceTransformer(minilm_dir())` (anchor and positive encoded in two forward passes).
 - plain: tokenize each batch on the fly (dynamic padding), two forward passes, AdamW.
@@ -112,12 +112,20 @@ def linear_decay(total: int):
 
 def run_csetrain(args: argparse.Namespace, workdir: Path) -> tuple[list, float]:
     """csetrain's real path: compose -> validate -> build -> fit, with a tracker as the clock."""
-    from csetrain.cli import compose
-    from csetrain.config import validate_settings
     from csetrain.loop import fit
     from csetrain.runtime import seed_everything
-    from csetrain.tracking import NullTracker
-    from csetrain.train import build
+
+    try:
+        from csetrain.app.compose import compose
+        from csetrain.app.settings import validate_settings
+        from csetrain.app.store.tracker import NullTracker
+        from csetrain.app.train import build
+    except ImportError:  # a `--tree` checkout from before the csetrain/app/ package
+        from csetrain.cli import compose
+        from csetrain.tracking import NullTracker
+        from csetrain.train import build
+
+        from csetrain.config import validate_settings
 
     class StepClock(NullTracker):
         """fit() logs after every step with trainer.log_every=1: stamp each step's end."""
@@ -160,7 +168,7 @@ def run_csetrain(args: argparse.Namespace, workdir: Path) -> tuple[list, float]:
     clock = StepClock()
     components, _ = build(cfg, settings, workdir / "run", clock)
     start = now()
-    fit(components, settings["trainer"])
+    fit(components, settings.trainer if hasattr(settings, "trainer") else settings["trainer"])
     return [start, *clock.stamps], statistics.mean(clock.losses)
 
 

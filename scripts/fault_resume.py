@@ -36,7 +36,7 @@ def train(out: Path, steps: int, *extra: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "csetrain.cli",
+        "csetrain",
         "train",
         *ARGS,
         f"trainer.max_steps={steps}",

@@ -8,7 +8,7 @@ import sys
 
 def csetrain_cli(*args: str, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `csetrain ARGS` in a fresh interpreter, as a user would; output captured as text."""
-    cmd = [sys.executable, "-m", "csetrain.cli", *args]
+    cmd = [sys.executable, "-m", "csetrain", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
@@ -40,7 +40,7 @@ def csetrain_in_process(*args: str) -> subprocess.CompletedProcess:
     on the runner's streams, which close after the call: the logging state is put back."""
     from typer.testing import CliRunner
 
-    from csetrain.cli import app
+    from csetrain.app.cli import app
 
     with _logging_restored():
         result = CliRunner().invoke(app, list(args))

@@ -116,7 +116,7 @@ def test_roberta_family_length_limit_leaves_room_for_the_padding_offset():
 
 
 def test_model_hf_loads_any_encoder_folder(tmp_path):
-    from csetrain.config import instantiate
+    from csetrain.app.settings import instantiate
 
     from .test_config import _compose
 

@@ -6,12 +6,18 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from csetrain import baselines
-from csetrain.baselines import MTEB_NAMES, TASKS, published, reference_runs, reference_scores
-from csetrain.cli import app
+from csetrain.app.cli import app
+from csetrain.app.reports import baselines
+from csetrain.app.reports.baselines import (
+    MTEB_NAMES,
+    TASKS,
+    published,
+    reference_runs,
+    reference_scores,
+)
+from csetrain.app.store.references import write_reference_runs
 from csetrain.config import ConfigError, TrackingConfig
 from csetrain.eval.sts import STSEvaluator
-from csetrain.tracking import write_reference_runs
 
 from .test_pair_scores import SEVEN, mini_pack  # noqa: F401 (fixture)
 

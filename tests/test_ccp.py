@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csetrain.config import ASSETS_DIR, ConfigError, instantiate
+from csetrain.app.settings import instantiate
+from csetrain.config import ASSETS_DIR, ConfigError
 from csetrain.data.collate import Batch, Collator
 from csetrain.data.neighbours import NeighbourPairs, neighbour_pairs, read_documents
 from csetrain.losses import info_nce
@@ -266,15 +267,15 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, mlflow_
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
+    from csetrain.app.store.tracker import MlflowTracker
+    from csetrain.app.train import train
     from csetrain.loop import Interrupted
-    from csetrain.tracking import MlflowTracker
-    from csetrain.train import run_training
 
     from .test_resume import _cfg
 
     mlflow_store(tmp_path / "mlflow.db")  # the store _cfg names, empty
     extra = ["objective=ccp", "data=sample_neighbours", "objective.bank_size=20"]
-    straight = run_training(_cfg(tmp_path, "straight", extra))
+    straight = train(_cfg(tmp_path, "straight", extra))
     original = MlflowTracker.log_metrics
 
     def kill_at_step_3(self, metrics, step):
@@ -284,9 +285,9 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, mlflow_
 
     monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
     with pytest.raises(Interrupted, match="after step 3"):
-        run_training(_cfg(tmp_path, "resumed", extra))
+        train(_cfg(tmp_path, "resumed", extra))
     monkeypatch.setattr(MlflowTracker, "log_metrics", original)
-    resumed = run_training(_cfg(tmp_path, "resumed", [*extra, "trainer.resume=auto"]))
+    resumed = train(_cfg(tmp_path, "resumed", [*extra, "trainer.resume=auto"]))
 
     def weights(summary):
         return load_file(os.path.join(summary.run_dir, "checkpoints", "best", "model.safetensors"))
@@ -321,7 +322,7 @@ def test_experiment_is_marked_and_carries_its_settings():
     assert cfg.objective._target_.endswith("CCP") and cfg.data.name == "wiki_neighbours"
     assert (cfg.model.pooler, cfg.model.mlp_head) == ("cls", "none")
     assert (cfg.data.window, cfg.objective.bank_size, cfg.objective.temperature) == (2, 4096, 0.05)
-    from csetrain.config import config_dir
+    from csetrain.app.settings import config_dir
 
     header = (config_dir() / "experiment" / "ccp_bert_base.yaml").read_text().splitlines()[1]
     assert header.startswith("# experimental")

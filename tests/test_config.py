@@ -4,13 +4,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from csetrain.config import (
-    ConfigError,
-    config_dir,
-    instantiate,
-    register_resolvers,
-    validate_settings,
-)
+from csetrain.app.settings import config_dir, instantiate, register_resolvers, validate_settings
+from csetrain.config import ConfigError
 
 GROUPS = [
     "model",
@@ -69,7 +64,9 @@ def test_eval_and_data_options_build_against_the_data_pack(data_dir):
         assert instantiate(cfg.data).load().records
 
 
-@pytest.mark.parametrize("option", [o for o in options("model") if o not in HUB_MODELS | {"saved", "hf"}])
+@pytest.mark.parametrize(
+    "option", [o for o in options("model") if o not in HUB_MODELS | {"saved", "hf"}]
+)
 def test_offline_models_build(option):
     encoder = instantiate(_compose([f"model={option}"]).model)
     assert encoder.encode(["a sentence"]).shape == (1, encoder.output_dim)

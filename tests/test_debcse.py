@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from csetrain.app.train import build_objective
 from csetrain.augmentations.dropout import Dropout
 from csetrain.config import ConfigError
 from csetrain.data.collate import Collator
@@ -16,7 +17,6 @@ from csetrain.losses import cosine_matrix
 from csetrain.modeling.backbones import tiny
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.objectives.debcse import DebCSE, ipw_distribution, surface_similarity
-from csetrain.train import build_objective
 
 from .test_config import _compose
 from .tolerances import softmax_loss_atol

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from csetrain.app.train import build_objective
 from csetrain.config import ConfigError
 from csetrain.losses import cosine_matrix
 from csetrain.modeling.backbones import tiny
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.objectives.distill import Distill, masked_mse, row_kl
-from csetrain.train import build_objective
 
 from .test_config import _compose
 from .test_objectives import TEXTS, _unsup_batch

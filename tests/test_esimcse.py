@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from csetrain.app.settings import instantiate
 from csetrain.augmentations.word_repetition import WordRepetition
-from csetrain.config import instantiate
 from csetrain.losses import info_nce
 from csetrain.negatives.momentum_queue import MomentumQueue
 from csetrain.objectives.esimcse import ESimCSE

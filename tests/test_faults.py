@@ -3,9 +3,10 @@ and leaves nothing half-written."""
 
 import pytest
 
+from csetrain.app.context import check_writable
+from csetrain.app.train import train
 from csetrain.config import ConfigError
 from csetrain.loop import TrainingDiverged
-from csetrain.train import check_writable, run_training
 
 from .helpers import csetrain_cli, csetrain_in_process, shared_cache, small_sts
 from .test_config import _compose
@@ -38,7 +39,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_p
         "trainer.save_every=1",
     )
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at step \d: lower trainer.lr"):
-        run_training(cfg)
+        train(cfg)
     from safetensors.torch import load_file
 
     states = list((tmp_path / "out").glob("runs/*/checkpoints/last/encoder.safetensors"))
@@ -71,7 +72,7 @@ BAD_INPUTS = [
 ]
 
 
-# Each case in this interpreter; the first also through a fresh `python -m csetrain.cli`, the
+# Each case in this interpreter; the first also through a fresh `python -m csetrain`, the
 # entry point a user runs (the other cases differ only after the entry point).
 CASES = [(*BAD_INPUTS[0], csetrain_cli)] + [(*case, csetrain_in_process) for case in BAD_INPUTS]
 
@@ -96,9 +97,9 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, overrides, message, ru
 
 def test_selecting_on_a_test_split_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="dev_eval scores a test split"):
-        run_training(_tiny(tmp_path, "eval@dev_eval=stsb_test"))
+        train(_tiny(tmp_path, "eval@dev_eval=stsb_test"))
 
 
 def test_grad_cache_with_an_objective_that_cannot_chunk_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="rows are coupled.*grad_cache.chunk_size=0"):
-        run_training(_tiny(tmp_path, "objective=whitenedcse", "trainer.grad_cache.chunk_size=4"))
+        train(_tiny(tmp_path, "objective=whitenedcse", "trainer.grad_cache.chunk_size=4"))

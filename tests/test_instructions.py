@@ -5,9 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from csetrain.app.train import load_data
 from csetrain.config import ASSETS_DIR, ConfigError
 from csetrain.data.cache import cache_key, tokenized_dataset
-from csetrain.data.sources import instruction_prefix, load_corpus
+from csetrain.data.sources import instruction_prefix
 from csetrain.eval.sts import STSEvaluator
 
 TASK = "Retrieve semantically similar text."
@@ -31,8 +32,8 @@ def test_the_template_is_nv_embeds():
 
 def test_anchors_start_with_the_prefix_ids_and_the_cache_key_changes(tmp_path, tiny_backbone):
     tokenizer = tiny_backbone.tokenizer
-    bare = load_corpus(_data(tmp_path))
-    instructed = load_corpus(_data(tmp_path, instruction=TASK))
+    bare = load_data(_data(tmp_path))
+    instructed = load_data(_data(tmp_path, instruction=TASK))
     assert instructed.instruction == TASK and bare.instruction is None
     assert [r["anchor"] for r in instructed.records] == [
         instruction_prefix(TASK) + r["anchor"] for r in bare.records
@@ -62,7 +63,7 @@ def test_only_the_query_side_of_triplets_is_instructed(tmp_path):
             "instruction": TASK,
         }
     )
-    (record,) = load_corpus(node).records
+    (record,) = load_data(node).records
     assert record == {
         "anchor": instruction_prefix(TASK) + "premise",
         "positive": "entailed",
@@ -72,7 +73,7 @@ def test_only_the_query_side_of_triplets_is_instructed(tmp_path):
 
 def test_bad_instruction_is_one_clear_line(tmp_path):
     with pytest.raises(ConfigError, match="data.instruction="):
-        load_corpus(_data(tmp_path, instruction=["not", "a", "string"]))
+        load_data(_data(tmp_path, instruction=["not", "a", "string"]))
 
 
 def test_training_tokens_carry_the_instruction_from_the_command_line(tmp_path, tiny_backbone):

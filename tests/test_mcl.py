@@ -239,9 +239,9 @@ def test_bad_settings_are_one_clear_line(tiny_encoder):
 
 def _components(tmp_path, max_steps=6):
     """Components of a tiny MCL run, built as train.py builds them (no fit yet)."""
-    from csetrain.config import validate_settings
+    from csetrain.app.settings import validate_settings
+    from csetrain.app.train import build
     from csetrain.runtime import seed_everything
-    from csetrain.train import build
 
     from .test_config import _compose
     from .test_train import RecordingTracker
@@ -260,7 +260,7 @@ def _components(tmp_path, max_steps=6):
         f"paths.output_dir={tmp_path}",
     ]
     settings = validate_settings(_compose(overrides))
-    seed_everything(settings["trainer"].seed)
+    seed_everything(settings.trainer.seed)
     tracker = RecordingTracker()
     components, _ = build(_compose(overrides), settings, tmp_path / "run", tracker)
     return settings, components, tracker
@@ -270,7 +270,7 @@ def test_resume_mid_stage_two_restores_clusters_and_continues_bitwise(tmp_path):
     from csetrain.loop import fit
 
     settings, straight, tracker = _components(tmp_path / "a")
-    fit(straight, settings["trainer"])  # stage 2 = steps 4..6; full state saved after step 4
+    fit(straight, settings.trainer)  # stage 2 = steps 4..6; full state saved after step 4
     assert tracker.series("train/stage") == [1, 1, 1, 2, 2, 2]
     _, resumed, resumed_tracker = _components(tmp_path / "b")
     start, progress = straight.checkpointer.load_state(
@@ -281,7 +281,7 @@ def test_resume_mid_stage_two_restores_clusters_and_continues_bitwise(tmp_path):
     assert torch.equal(objective.cluster_labels, straight.objective.cluster_labels)
     assert torch.equal(objective.cluster_rows, straight.objective.cluster_rows)
     assert resumed.encoder.output_dim == 64  # the frozen stage 1 is attached again
-    fit(resumed, settings["trainer"], start, progress)
+    fit(resumed, settings.trainer, start, progress)
     assert resumed_tracker.series("train/loss") == tracker.series("train/loss")[4:]
     for p, q in zip(resumed.encoder.parameters(), straight.encoder.parameters()):
         assert torch.equal(p, q)

@@ -11,6 +11,8 @@ from csetrain.config import ConfigError
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Batch, pad
 from csetrain.data.sources import TextLines
+from csetrain.modeling.backbones import minilm_l6, tiny
+from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.negatives.mined_index import MinedIndex, nearest_neighbours, pick_in_window
 
 from .test_objectives import _unsup_batch
@@ -201,7 +203,8 @@ def test_guide_and_model_disagree_and_the_guide_decides(tiny_encoder, tmp_path):
     corpus = SENTENCES + [ANCHOR]
     kwargs = {"sample_size": None, "ranks": (0, 2), "margin": 0.01}
     own = _bound(MinedIndex(**kwargs), tiny_encoder, tmp_path, corpus)
-    guided = _bound(MinedIndex(guide="minilm-l6", **kwargs), tiny_encoder, tmp_path, corpus)
+    guide = SentenceEncoder(minilm_l6(), pooler="mean")  # what `guide=minilm-l6` builds
+    guided = _bound(MinedIndex(guide=guide, **kwargs), tiny_encoder, tmp_path, corpus)
     anchors, positives = _hand_index(own)
     _hand_index(guided)
     guided.observe(_anchor_batch(tiny_encoder))
@@ -289,7 +292,8 @@ def test_guide_errors_are_one_clear_line(tiny_encoder, tmp_path):
         ConfigError, match=r"negative_mining.guide='nope' is neither a model option"
     ):
         MinedIndex(guide="nope")
-    miner = _bound(MinedIndex(sample_size=None, ranks=(1, 4), guide="tiny"), tiny_encoder, tmp_path)
+    guide = SentenceEncoder(tiny(), pooler="cls")  # what `guide=tiny` builds
+    miner = _bound(MinedIndex(sample_size=None, ranks=(1, 4), guide=guide), tiny_encoder, tmp_path)
     anchors = torch.randn(4, 32)
     miner.refresh(tiny_encoder)
     with pytest.raises(ConfigError, match="needs this step's batch"):

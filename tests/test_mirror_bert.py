@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from csetrain.app.settings import instantiate
 from csetrain.augmentations.span_mask import SpanMask
-from csetrain.config import instantiate
 from csetrain.data.collate import Collator
 from csetrain.modeling.backbones import tiny
 from csetrain.modeling.encoder import SentenceEncoder

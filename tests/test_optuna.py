@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from csetrain.config import config_dir, register_resolvers
+from csetrain.app.settings import config_dir, register_resolvers
 
 from .helpers import csetrain_in_process, shared_cache, small_sts
 

@@ -11,13 +11,11 @@ import torch
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from csetrain.eval.sts import EvalResult
-from csetrain.plots import (
+from csetrain.app.reports.plots import (
     METRIC_LOG,
     START_FILE,
     MetricLog,
     alignment_uniformity,
-    grid_heatmap,
     main_keys,
     never_fail,
     save_figure,
@@ -27,7 +25,9 @@ from csetrain.plots import (
     training_curves,
     write_run_plots,
 )
-from csetrain.tracking import NullTracker
+from csetrain.app.store.tracker import NullTracker
+from csetrain.eval.grid import grid_heatmap
+from csetrain.eval.sts import EvalResult
 
 from .helpers import csetrain_cli
 
@@ -130,7 +130,7 @@ def test_never_fail_warns_instead_of_raising(caplog):
     def broken():
         raise RuntimeError("no display")
 
-    with caplog.at_level(logging.WARNING, logger="csetrain.plots"):
+    with caplog.at_level(logging.WARNING, logger="csetrain.app.reports.plots"):
         assert never_fail("plot x", broken) is None
     assert "plot x failed" in caplog.text and "no display" in caplog.text
     assert never_fail("fine", lambda a, b: a + b, 1, b=2) == 3

@@ -13,11 +13,11 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
+from csetrain.app.store.tracker import MlflowTracker
+from csetrain.app.train import train
 from csetrain.checkpoint import Checkpointer
 from csetrain.config import ConfigError
 from csetrain.loop import Interrupted
-from csetrain.tracking import MlflowTracker
-from csetrain.train import run_training
 
 from .helpers import shared_cache, small_sts
 from .test_config import _compose
@@ -57,7 +57,7 @@ def _weights(summary):
     "objective", ["simcse_unsup", "esimcse"]
 )  # esimcse: queue + momentum state
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, objective):
-    straight = run_training(_cfg(tmp_path, "straight", [f"objective={objective}"]))
+    straight = train(_cfg(tmp_path, "straight", [f"objective={objective}"]))
 
     original = MlflowTracker.log_metrics
 
@@ -68,7 +68,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, objecti
 
     monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
     with pytest.raises(Interrupted, match="after step 3"):
-        run_training(_cfg(tmp_path, "resumed", [f"objective={objective}"]))
+        train(_cfg(tmp_path, "resumed", [f"objective={objective}"]))
     monkeypatch.setattr(MlflowTracker, "log_metrics", original)
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -76,9 +76,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, objecti
     killed = [r for r in client.search_runs([experiment]) if r.info.status == "KILLED"]
     assert len(killed) == 1
 
-    resumed = run_training(
-        _cfg(tmp_path, "resumed", [f"objective={objective}", "trainer.resume=auto"])
-    )
+    resumed = train(_cfg(tmp_path, "resumed", [f"objective={objective}", "trainer.resume=auto"]))
     assert resumed.run_id == killed[0].info.run_id  # same MLflow run, continued
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
     a, b = _weights(straight), _weights(resumed)
@@ -101,13 +99,13 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, objecti
 
 
 def test_resume_auto_without_a_candidate_starts_fresh(tmp_path):
-    summary = run_training(_cfg(tmp_path, "fresh", ["trainer.resume=auto", "trainer.max_steps=2"]))
+    summary = train(_cfg(tmp_path, "fresh", ["trainer.resume=auto", "trainer.max_steps=2"]))
     assert summary.metrics["train/seconds"] > 0
 
 
 def test_resume_from_a_run_dir_without_state_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.resume=.*has no checkpoints/last/"):
-        run_training(_cfg(tmp_path, "x", [f"trainer.resume={tmp_path}"]))
+        train(_cfg(tmp_path, "x", [f"trainer.resume={tmp_path}"]))
 
 
 def test_corrupt_state_names_the_checkpoint(tmp_path, tiny_encoder):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from csetrain.cli import app
-from csetrain.train import run_training
+from csetrain.app.cli import app
+from csetrain.app.train import train
 
 from .helpers import shared_cache, small_sts
 from .test_config import _compose
@@ -25,7 +25,7 @@ from .test_config import _compose
 def make_two_runs(tmp, uri):
     """Two tiny runs in `uri` that differ only in learning rate (names csetrain-lr-<lr>)."""
     return [
-        run_training(
+        train(
             _compose(
                 [
                     "experiment=demo",
@@ -117,9 +117,9 @@ def test_runs_compare_adds_a_paired_bootstrap_on_the_test_pairs(two_runs):
 
 
 def test_runs_compare_takes_run_dirs_and_reads_pairs_from_the_store(two_runs, tmp_path):
+    from csetrain.app.reports.tables import pair_scores_for
+    from csetrain.app.store.queries import read_run
     from csetrain.eval.pair_scores import FILE_NAME
-    from csetrain.runs import pair_scores_for
-    from csetrain.tracking import read_run
 
     uri, (a, b) = two_runs
     out = _cli("runs", "compare", a.run_dir, b.run_dir, "--uri", uri, "-e", "csetrain-demo")
@@ -162,7 +162,7 @@ def test_ui_serves_the_runs_over_rest(two_runs):
     uri, (a, b) = two_runs
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "csetrain.cli", "ui", "--store", uri, "--port", str(port)],
+        [sys.executable, "-m", "csetrain", "ui", "--store", uri, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # the server forks workers: stop the whole group

@@ -3,7 +3,8 @@ quoting, header skipped; the data option reads the STS-B train split of the data
 
 import pytest
 
-from csetrain.config import ConfigError, instantiate
+from csetrain.app.settings import instantiate
+from csetrain.config import ConfigError
 from csetrain.data.sts_sentences import STSSentences
 
 from .test_config import _compose

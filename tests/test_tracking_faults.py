@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 from typer.testing import CliRunner
 
-from csetrain.cli import app
+from csetrain.app.cli import app
+from csetrain.app.store.tracker import MlflowTracker
 from csetrain.config import TrackingConfig
-from csetrain.tracking import MlflowTracker
 
 pytestmark = pytest.mark.slow  # starts a real MLflow server three times (~20 s each)
 
@@ -28,7 +28,7 @@ def _free_port() -> int:
 def _server(store: str, port: int) -> subprocess.Popen:
     pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
     proc = subprocess.Popen(  # the product's own `csetrain ui` (it execs the MLflow server)
-        [sys.executable, "-m", "csetrain.cli", "ui", "--store", store, "--port", str(port)],
+        [sys.executable, "-m", "csetrain", "ui", "--store", store, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the server forks workers

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from csetrain.config import ASSETS_DIR, validate_settings
+from csetrain.app.settings import validate_settings
+from csetrain.app.store.tracker import NullTracker
+from csetrain.app.train import build
+from csetrain.config import ASSETS_DIR
 from csetrain.loop import fit
-from csetrain.tracking import NullTracker
-from csetrain.train import build
 
 from .helpers import csetrain_cli, csetrain_in_process, shared_cache, small_sts
 from .test_config import _compose
@@ -53,10 +54,10 @@ def _run_tiny(tmp_path, extra=()):
     settings = validate_settings(cfg)
     from csetrain.runtime import seed_everything
 
-    seed_everything(settings["trainer"].seed)
+    seed_everything(settings.trainer.seed)
     tracker = RecordingTracker()
     components, _ = build(cfg, settings, tmp_path / "run", tracker)
-    fit(components, settings["trainer"])
+    fit(components, settings.trainer)
     return tracker, components
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from csetrain.runs import ui_compare_link
+from csetrain.app.reports.tables import ui_compare_link
 
 from .test_runs import _free_port, make_two_runs
 
@@ -50,7 +50,7 @@ def served_runs(tmp_path_factory):
     runs = make_two_runs(tmp, uri)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "csetrain.cli", "ui", "--store", uri, "--port", str(port)],
+        [sys.executable, "-m", "csetrain", "ui", "--store", uri, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from csetrain.config import ConfigError, instantiate, require_file, resolve_data_dir
+from csetrain.config import ConfigError, require_file, resolve_data_dir
 
 NLI_COLUMNS = {"sent0": "anchor", "sent1": "positive", "hard_neg": "hard_negative"}
 # NV-Embed's query template (arXiv 2405.17428, §3.3): the task definition, then the query.
@@ -51,26 +51,23 @@ def instruction_prefix(task: str) -> str:
     return INSTRUCTION_TEMPLATE.format(task=task)
 
 
-def load_corpus(data) -> Corpus:
-    """The corpus a `data` option names. Any option may add `instruction: <task definition>`
-    (`+data.instruction=...` on the command line): every *anchor* (the query side) then becomes
-    instruction_prefix(task) + anchor, in the records, so the token ids, the raw-text column and
-    every miner see the same text. Positives and hard negatives (the document side) stay bare, as
-    NV-Embed leaves documents without instructions; with single-field data the positive is the
-    anchor's own second view, so both views carry it (STS is symmetric: NV-Embed instructs both
-    of its sentences). The prefix counts toward `max_length`."""
-    from omegaconf import OmegaConf
-
-    settings = OmegaConf.to_container(data, resolve=True)
-    task = settings.pop("instruction", None)
-    corpus = instantiate(settings).load()
-    if not task:
+def load_corpus(source, instruction: str | None = None) -> Corpus:
+    """The corpus a data reader (TextLines, PairsCSV, ...) loads, with an optional instruction
+    (the `data` option's `instruction: <task definition>`, `+data.instruction=...` on the command
+    line): every *anchor* (the query side) then becomes instruction_prefix(task) + anchor, in the
+    records, so the token ids, the raw-text column and every miner see the same text. Positives
+    and hard negatives (the document side) stay bare, as NV-Embed leaves documents without
+    instructions; with single-field data the positive is the anchor's own second view, so both
+    views carry it (STS is symmetric: NV-Embed instructs both of its sentences). The prefix
+    counts toward `max_length`."""
+    corpus = source.load()
+    if not instruction:
         return corpus
-    if not isinstance(task, str):
-        raise ConfigError(f"data.instruction={task!r}: give the task definition as a string")
-    prefix = instruction_prefix(task)
+    if not isinstance(instruction, str):
+        raise ConfigError(f"data.instruction={instruction!r}: give the task definition as a string")
+    prefix = instruction_prefix(instruction)
     records = [{**r, "anchor": prefix + r["anchor"]} for r in corpus.records]
-    return dataclasses.replace(corpus, records=records, instruction=task)
+    return dataclasses.replace(corpus, records=records, instruction=instruction)
 
 
 class TextLines:

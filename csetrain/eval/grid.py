@@ -9,12 +9,14 @@ coordinates), scored exactly as the native STS evaluator scores it (cosine Spear
 
 Cost: every layer comes out of one forward pass (`output_hidden_states`), and every prefix size
 is a slice of the same vectors, so a grid costs about one evaluation, not one per cell.
-Training runs it on the selected checkpoint of 2DMSE runs (train.py) and logs the files.
+Training runs it on the selected checkpoint when the config lists it in `after_training`
+(2DMSE's objective option does) and logs the files.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from csetrain.config import ConfigError
@@ -32,19 +34,12 @@ def default_dims(hidden_size: int) -> list[int]:
     return [*dims, hidden_size]
 
 
-def hydra_run_dir() -> Path | None:
-    """The run dir of the Hydra job being run (`csetrain eval`), or None outside one."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-
-
 class GridEvaluator:
     """Scores `task` (one STS task, `split`, `protocol`) for every `layers` x `dims` cell.
 
     `layers`: 1..L (null: all); `dims`: prefix sizes (null: 8, 16, ... and the full size).
     Each call writes `grid.png` (heatmap), `grid.md` and `grid.json` into `output_dir` (null:
-    the command's run dir under Hydra, as `csetrain eval` runs it; no files outside Hydra).
+    no files; `csetrain eval` sets its run dir).
     Metrics: `<protocol>/<task label>/spearman_l<layer>_d<dim>`; the primary number is the
     largest cell (the full model when the grid includes it).
     """
@@ -64,7 +59,7 @@ class GridEvaluator:
         if task in YEARS and split != "test":
             raise ConfigError(f"eval.task={task} has only a test split: set eval.split=test")
         sts = STSEvaluator([task], split, protocol, data_dir, batch_size, progress)
-        self._setup(sts, layers, dims, output_dir or hydra_run_dir())
+        self._setup(sts, layers, dims, output_dir)
 
     @classmethod
     def from_evaluator(
@@ -138,15 +133,14 @@ class GridEvaluator:
 
     def write(self, grid: Grid, folder: Path, details: dict) -> list[Path]:
         """grid.json (everything), grid.md (the table) and grid.png (the heatmap) in `folder`."""
-        from csetrain.plots import grid_heatmap, save_figure
-
         folder.mkdir(parents=True, exist_ok=True)
         title = self.title(details["model"])
         table = folder / "grid.md"
         table.write_text(f"{title}\n\n{markdown_table(grid)}\n")
         data = folder / "grid.json"
         data.write_text(json.dumps({"title": title, "task": self.task, **details}, indent=2))
-        png = save_figure(grid_heatmap(grid, title), folder / "grid.png")
+        png = folder / "grid.png"
+        grid_heatmap(grid, title).savefig(png, format="png", dpi=110)
         return [png, table, data]
 
 
@@ -161,11 +155,36 @@ def markdown_table(grid: Grid) -> str:
     return "\n".join(lines)
 
 
+def grid_heatmap(grid: Grid, title: str):
+    """Layers (rows) x prefix sizes (columns), each cell annotated with its score; a matplotlib
+    Figure from the object API (no pyplot state, no display)."""
+    from matplotlib.figure import Figure
+
+    layers = sorted(grid)
+    dims = sorted({d for row in grid.values() for d in row})
+    values = [[grid[layer].get(d, math.nan) for d in dims] for layer in layers]
+    fig = Figure(figsize=(1.1 * len(dims) + 2.5, 0.6 * len(layers) + 2), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            light = image.norm(v) > 0.6  # viridis turns yellow: dark text there
+            color = "black" if light else "white"
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(len(dims)), [str(d) for d in dims])
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set(xlabel="embedding size (first d dims)", ylabel="layer", title=title)
+    fig.colorbar(image, ax=ax, label="Spearman x100")
+    return fig
+
+
 def grid_after_training(objective, dev_evaluator, encoder, run_dir: Path, tracker, step: int):
-    """A 2DMSE run's grid: every layer x the sizes its objective trained (and the full size),
-    on the dev evaluator's task, for the selected checkpoint; files under `run_dir/grid/`,
-    logged as artifacts `grid/` and metrics `grid/<protocol>/<task>/spearman_l<l>_d<d>`."""
-    dims = [*objective.sizes(encoder.hidden_size), encoder.hidden_size]
+    """The selected checkpoint's grid: every layer x the prefix sizes the objective trained (its
+    `sizes`, as 2DMSE's; else 8, 16, ...) and the full size, on the dev evaluator's task; files
+    under `run_dir/grid/`, logged as artifacts `grid/` and metrics
+    `grid/<protocol>/<task>/spearman_l<l>_d<d>`."""
+    sizes = getattr(objective, "sizes", None)
+    dims = [*sizes(encoder.hidden_size), encoder.hidden_size] if sizes else None
     folder = Path(run_dir) / "grid"
     result = GridEvaluator.from_evaluator(dev_evaluator, dims=dims, output_dir=folder)(encoder)
     tracker.log_metrics(result.prefixed("grid"), step)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from csetrain.config import ConfigError, config_dir, instantiate
+from csetrain.config import ConfigError
 from csetrain.data.collate import pad
 from csetrain.modeling.frozen import FrozenEncoder, field_rows
 from csetrain.negatives.base import NegativeMiner, Negatives, take_saved_shapes
@@ -66,25 +66,19 @@ def pick_in_window(
     return choice.masked_fill(~allowed.any(dim=1), -1)
 
 
-def load_guide(spec: str) -> FrozenEncoder:
-    """A frozen guide: a model option (`conf/model/<spec>.yaml`, e.g. minilm-l6) or a folder saved
-    by csetrain or sentence-transformers."""
-    from omegaconf import OmegaConf
-
+def load_guide(guide: str | nn.Module) -> FrozenEncoder:
+    """A frozen guide: a built encoder (the application builds a model option such as
+    minilm-l6 into one) or a folder saved by csetrain or sentence-transformers."""
     from csetrain.modeling.export import load_sentence_encoder
 
-    folder = Path(spec).expanduser()
-    option = config_dir() / "model" / f"{spec}.yaml"
-    if folder.is_dir():
-        encoder = load_sentence_encoder(folder)
-    elif option.is_file():
-        encoder = instantiate(OmegaConf.load(option))
-    else:
-        options = sorted(p.stem for p in option.parent.glob("*.yaml"))
+    if isinstance(guide, nn.Module):
+        return FrozenEncoder(guide, "negative_mining.guide")
+    folder = Path(guide).expanduser()
+    if not folder.is_dir():
         raise ConfigError(
-            f"negative_mining.guide='{spec}' is neither a model option {options} nor a saved model folder"
+            f"negative_mining.guide='{guide}' is neither a model option nor a saved model folder"
         )
-    return FrozenEncoder(encoder, "negative_mining.guide")
+    return FrozenEncoder(load_sentence_encoder(folder), "negative_mining.guide")
 
 
 class MinedIndex(NegativeMiner):
@@ -133,7 +127,7 @@ class MinedIndex(NegativeMiner):
         margin: float = 0.0,
         encode_batch_size: int = 256,
         seed: int = 0,
-        guide: str | None = None,
+        guide: str | nn.Module | None = None,
     ) -> None:
         super().__init__()
         lo, hi = ranks
@@ -156,7 +150,7 @@ class MinedIndex(NegativeMiner):
         self._tokenizer = None  # the trained model's: decodes token ids for the guide
         self.last_mined = 0  # negatives used in the latest step (for inspection)
         # The guide and its caches are plain attributes: not parameters, not buffers, not saved.
-        self.guide = load_guide(guide) if guide else None
+        self.guide = load_guide(guide) if guide is not None else None
         self._guide_slot = torch.zeros(0, dtype=torch.long)  # (corpus,) row -> store row, -1 = none
         self._guide_store = torch.zeros(0, 0)  # (n, D_guide) unit rows, CPU
         self._guide_batch: tuple | None = None  # (step, anchors, positives) seen by observe

@@ -7,7 +7,7 @@ evaluation logs, so a published number and a run's number share a column:
 - mteb: the same keys under `test/mteb/` (eval=sts7 eval.protocol=mteb), and also the keys of
   mteb's own evaluators, `test/mteb/<MTEB task>/cosine_spearman` and
   `test/mteb/avg/cosine_spearman` (eval=mteb), since MTEB publishes cos_sim Spearman.
-`reference_runs()` shapes them for tracking.write_reference_runs (`csetrain runs baselines`).
+`reference_runs()` shapes them for store/references.write_reference_runs (`csetrain runs baselines`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def reference_scores(protocol: str) -> dict[str, dict[str, float]]:
 
 
 def reference_runs() -> list[dict]:
-    """Every published entry as {key, name, tags, metrics} for tracking.write_reference_runs."""
+    """Every published entry as {key, name, tags, metrics} for store/references.py."""
     runs = []
     for protocol in PROTOCOLS:
         scores = reference_scores(protocol)

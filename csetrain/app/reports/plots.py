@@ -3,11 +3,11 @@
 - `training_curves`: train loss and learning rate (log cadence) and the dev selection metric
   (every dev evaluation) over steps;
 - `sts_bars`: the final test number of each task beside the start checkpoint's, and any
-  published `references` (csetrain/baselines.py) under the same metric keys (protocol included,
+  published `references` (reports/baselines.py) under the same metric keys (protocol included,
   so a SentEval row is never set against an MTEB number);
 - `alignment_uniformity`: the dev diagnostics at each evaluation as a path in the
-  (uniformity, alignment) plane, as SimCSE's Figure 2 (arXiv 2104.08821) draws it;
-- `grid_heatmap`: a layer x dimension grid (csetrain/eval/grid.py).
+  (uniformity, alignment) plane, as SimCSE's Figure 2 (arXiv 2104.08821) draws it.
+(A layer x dimension grid draws its own heatmap: csetrain/eval/grid.py.)
 
 Figures come from matplotlib's object API (`Figure`, rendered by its Agg canvas): no pyplot
 state, no display needed. Every function returns the Figure so tests can read back what was
@@ -88,14 +88,12 @@ def score_start(eval_cfg, encoder, run_dir: Path, cache_dir: Path) -> dict[str, 
     settings, csetrain/eval/mteb.py) and the resolved eval config, so runs from the same start
     (seeds, learning rates) score it once; two different start models never share an entry.
     """
-    from omegaconf import OmegaConf
-
-    from csetrain.config import instantiate
+    from csetrain.app.settings import instantiate, plain
     from csetrain.eval.mteb import fingerprint
 
     if not eval_cfg.get("compare_initial", False):
         return None
-    config = OmegaConf.to_container(eval_cfg, resolve=True)
+    config = plain(eval_cfg)
     config = {k: v for k, v in config.items() if k not in ("batch_size", "progress")}
     key = hashlib.sha256(json.dumps([fingerprint(encoder), config], sort_keys=True).encode())
     cached = Path(cache_dir) / "initial_eval" / f"{key.hexdigest()[:32]}.json"
@@ -196,32 +194,13 @@ def alignment_uniformity(history: list[dict]):
     return fig
 
 
-def grid_heatmap(grid: dict[int, dict[int, float]], title: str):
-    """Layers (rows) x prefix sizes (columns), each cell annotated with its score."""
-    layers = sorted(grid)
-    dims = sorted({d for row in grid.values() for d in row})
-    values = [[grid[layer].get(d, math.nan) for d in dims] for layer in layers]
-    fig, (ax,) = _figure(1.1 * len(dims) + 2.5, 0.6 * len(layers) + 2)
-    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
-    for i, row in enumerate(values):
-        for j, v in enumerate(row):
-            light = image.norm(v) > 0.6  # viridis turns yellow: dark text there
-            color = "black" if light else "white"
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color=color)
-    ax.set_xticks(range(len(dims)), [str(d) for d in dims])
-    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-    ax.set(xlabel="embedding size (first d dims)", ylabel="layer", title=title)
-    fig.colorbar(image, ax=ax, label="Spearman x100")
-    return fig
-
-
 # ---------------------------------------------------------------------------------------------
 # The end of a training run.
 
 
 def published_references(protocol: str) -> dict[str, dict[str, float]]:
-    """The papers' tables under our test metric keys, for `protocol` (csetrain/baselines.py)."""
-    from csetrain.baselines import reference_scores
+    """The papers' tables under our test metric keys, for `protocol` (reports/baselines.py)."""
+    from csetrain.app.reports.baselines import reference_scores
 
     return reference_scores(protocol)
 

@@ -1,9 +1,11 @@
 """`csetrain runs list|compare|best`: runs read back from any tracking URI, as terminal tables,
 and the paired bootstrap of two runs' per-pair similarities (statistics in csetrain/stats.py).
-Reading goes through tracking.py (the only MLflow import); this module reads run dirs, formats."""
+Reading goes through the run store (app/store, the only MLflow import); this module reads run
+dirs and formats."""
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -27,13 +29,21 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A plain left-aligned text table."""
-    cells = [header, *[[_fmt(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def table(rows: list[list], header: list[str]) -> str:
+    """A left-aligned text table (rich, plain: no colour, no wrapping), one run or key per line."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for name in header:
+        grid.add_column(name, no_wrap=True)
+    for row in rows:
+        grid.add_row(*[Text(_fmt(c)) for c in row])  # Text: cells are never read as markup
+    out = io.StringIO()
+    Console(file=out, width=10_000, color_system=None).print(grid)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
 
 def list_table(runs: list[dict], metrics: tuple[str, ...] = DEFAULT_METRICS) -> str:
@@ -107,7 +117,7 @@ def local_run(folder: Path) -> dict:
     eval_results.json), for runs that were never logged to a store."""
     import yaml
 
-    from csetrain.tracking import flatten
+    from csetrain.app.store.tracker import flatten
 
     config_file, results_file = folder / "config.yaml", folder / "eval_results.json"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
@@ -135,7 +145,7 @@ def pair_scores_for(run: dict, uri: str | None):
         return load_pair_scores(local)
     if uri is None or run.get("experiment_id") is None:
         return None
-    from csetrain.tracking import download_artifact
+    from csetrain.app.store.queries import download_artifact
 
     with tempfile.TemporaryDirectory() as tmp:
         found = download_artifact(uri, run["id"], FILE_NAME, Path(tmp))

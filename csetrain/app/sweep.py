@@ -4,7 +4,7 @@ A Hydra callback opens one parent run per sweep before the first job and summari
 the last; each job's run names the parent (tag `mlflow.parentRunId`), found through the
 environment (same process) or a file in the sweep directory (remote launchers). The parent is
 keyed by the sweep's own overrides, so running the same sweep again reopens it, and jobs whose
-exact config already FINISHED are skipped (train.py), which makes a sweep resumable.
+exact config already FINISHED are skipped (app/resume.py), which makes a sweep resumable.
 
 A sweep whose finished children differ only in seeds (`-m trainer.seed=1,2,3`) also gets seed
 statistics on its parent: for each headline test score (per-task Spearman and the average) the
@@ -24,9 +24,11 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from csetrain.config import TrackingConfig, register_resolvers
+from csetrain.app.settings import register_resolvers
+from csetrain.config import TrackingConfig
 
 PARENT_FILE = "mlflow_parent_run_id"
+PARENT_ENV = "CSETRAIN_PARENT_RUN_ID"  # the parent run, for jobs in the sweep's own process
 
 
 def _tracking(config: DictConfig) -> TrackingConfig | None:
@@ -46,8 +48,8 @@ def sweep_key(config: DictConfig) -> str:
 
 def parent_run_id(sweep_dir: str | None) -> str | None:
     """The enclosing sweep's parent run, if this job belongs to one."""
-    if os.environ.get("CSETRAIN_PARENT_RUN_ID"):
-        return os.environ["CSETRAIN_PARENT_RUN_ID"]
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
     marker = Path(sweep_dir) / PARENT_FILE if sweep_dir else None
     return marker.read_text().strip() if marker and marker.is_file() else None
 
@@ -88,7 +90,7 @@ def seed_statistics(children: list[dict], uri: str | None, resamples: int = 1000
 
 def _pair_level(runs: list[dict], uri: str | None, resamples: int, seed: int) -> dict:
     """Two-level summaries keyed by test metric, if every run has the same tasks' pair data."""
-    from csetrain.runs import pair_scores_for
+    from csetrain.app.reports.tables import pair_scores_for
     from csetrain.stats import seed_and_pair_bootstrap
 
     scores = [pair_scores_for(r, uri) for r in runs]
@@ -137,7 +139,7 @@ class MlflowSweep(Callback):
         self.resamples, self.seed = resamples, seed
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from csetrain.tracking import open_parent_run
+        from csetrain.app.store.sweeps import open_parent_run
 
         tracking = _tracking(config)
         if tracking is None:
@@ -146,14 +148,14 @@ class MlflowSweep(Callback):
         parent = open_parent_run(
             tracking, name[:250], sweep_key(config), {"sweep_dir": str(config.hydra.sweep.dir)}
         )
-        os.environ["CSETRAIN_PARENT_RUN_ID"] = parent
+        os.environ[PARENT_ENV] = parent
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         (Path(config.hydra.sweep.dir) / PARENT_FILE).write_text(parent)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from csetrain.tracking import close_parent_run
+        from csetrain.app.store.sweeps import close_parent_run
 
-        tracking, parent = _tracking(config), os.environ.pop("CSETRAIN_PARENT_RUN_ID", None)
+        tracking, parent = _tracking(config), os.environ.pop(PARENT_ENV, None)
         if tracking is None or parent is None:
             return
         try:
@@ -166,7 +168,7 @@ class MlflowSweep(Callback):
         )
 
     def _seed_statistics(self, tracking: TrackingConfig, parent: str, sweep_dir: Path) -> None:
-        from csetrain.tracking import child_runs, log_to_run
+        from csetrain.app.store.sweeps import child_runs, log_to_run
 
         children = child_runs(tracking, parent)
         summaries = seed_statistics(children, tracking.uri, self.resamples, self.seed)

@@ -1,0 +1,54 @@
+"""run_evaluation(cfg): score one model option or saved folder with the configured evaluator."""
+
+from __future__ import annotations
+
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+from csetrain.app.context import RunContext, RunSummary
+from csetrain.app.settings import instantiate
+from csetrain.checkpoint import write_text_atomic
+from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
+from csetrain.eval.pair_scores import save_pair_scores
+from csetrain.runtime import pick_device
+
+
+def build_evaluator(cfg: DictConfig, ctx: RunContext):
+    """The `eval` option; an evaluator that writes files (`output_dir: null`) writes into the
+    run dir."""
+    if "output_dir" in cfg.eval and cfg.eval.output_dir is None:
+        return instantiate(cfg.eval, output_dir=str(ctx.run_dir))
+    return instantiate(cfg.eval)
+
+
+def run_evaluation(cfg: DictConfig) -> RunSummary:
+    """Evaluate, write eval_results.json (and per-pair scores) into the run dir, log them."""
+    ctx = RunContext.create(cfg, "evals")
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    tracker = ctx.tracker(ctx.tags(kind="eval"))
+    status = "FAILED"
+    try:
+        evaluator = build_evaluator(cfg, ctx)  # data errors surface before the model loads
+        encoder = instantiate(cfg.model).to(pick_device(cfg.device))
+        tracker.set_tags({"model.source": encoder.source})
+        result = evaluator(encoder)
+        metrics = result.prefixed(cfg.stage)
+        tracker.log_metrics(metrics, 0)
+        report = {
+            "model": encoder.source,
+            "protocol": result.details["protocol"],
+            "split": result.details["split"],
+            "pairs": result.details["pairs"],
+            "metrics": result.metrics,
+        }
+        write_text_atomic(ctx.run_dir / "eval_results.json", json.dumps(report, indent=2))
+        write_text_atomic(ctx.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        tracker.log_artifact(ctx.run_dir / "eval_results.json")
+        if pairs := getattr(result, "pairs", None):  # for `csetrain runs compare`
+            save_pair_scores(pairs, ctx.run_dir / PAIR_SCORES)
+            tracker.log_artifact(ctx.run_dir / PAIR_SCORES)
+        status = "FINISHED"
+        return ctx.summary(result.primary, metrics, tracker.run_id)
+    finally:
+        tracker.finish(status)

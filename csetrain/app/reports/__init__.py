@@ -1,0 +1,1 @@
+"""Reports of runs: plots, text tables of stored runs, published baselines."""

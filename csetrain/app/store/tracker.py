@@ -1,0 +1,175 @@
+"""The tracker a run logs through: MLflow (the run store's client API) or nothing.
+
+A Tracker is created (and its run named) before any seeding, so fixed seeds never produce
+identical random run names; calls that fail wait in a retry queue (store/retry.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Protocol
+
+from csetrain.app.store.retry import PendingCalls, first_line
+from csetrain.config import ConfigError, TrackingConfig
+
+MAX_PARAM_LEN = 6000
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None: ...
+    def log_artifact(self, local_file: str | Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """`tracking=none` and non-zero DDP ranks: same methods, no effects."""
+
+    run_id = None
+
+    def log_metrics(self, metrics, step):
+        pass
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        pass
+
+    def log_artifact(self, local_file, artifact_path=None):
+        pass
+
+    def set_tags(self, tags):
+        pass
+
+    def finish(self, status="FINISHED"):
+        pass
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'a.b.c': 'value'} for MLflow params."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LEN]
+    return out
+
+
+def connect(cfg: TrackingConfig):
+    """(client, experiment id) for the store and experiment of `cfg`; the experiment is created on
+    first use, its artifacts next to a SQLite store (outputs/mlartifacts) rather than in
+    whatever the working directory is."""
+    import logging
+
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every run
+    # Fail fast on a dead server (the retry queue retries) instead of MLflow's minutes-long HTTP
+    # retry loop blocking the training step.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    location = cfg.artifact_location
+    if cfg.uri.startswith("sqlite:///"):
+        db = Path(cfg.uri.removeprefix("sqlite:///")).expanduser()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        location = location or (db.resolve().parent / "mlartifacts").as_uri()
+    client = MlflowClient(tracking_uri=cfg.uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    return client, client.create_experiment(cfg.experiment, artifact_location=location)
+
+
+def log_metric_batch(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Metrics logged directly (no retry queue), in batches of MLflow's 1,000-metric cap."""
+    for batch in metric_batches(metrics, step):
+        client.log_batch(run_id, metrics=batch)
+
+
+def metric_batches(metrics: dict[str, float], step: int) -> list[list]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    return [items[start : start + 1000] for start in range(0, len(items), 1000)]
+
+
+class MlflowTracker:
+    """One MLflow run through the client API (no global fluent state, so sweeps in one process
+    never write into each other's runs). Every call goes through a retry queue; what never
+    reaches the store is spilled to `spill_path` (JSON lines) at `finish`."""
+
+    spill_path: Path | None = None
+
+    def __init__(
+        self,
+        cfg: TrackingConfig,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, str],
+        resume_run_id: str | None = None,
+    ) -> None:
+        from mlflow.entities import Param
+
+        self.client, self.experiment_id = connect(cfg)
+        if resume_run_id:  # a resumed run continues in its own MLflow run
+            self.run_id = resume_run_id
+            self._pending = PendingCalls(self.client, self.run_id)
+            self.client.update_run(resume_run_id, status="RUNNING")
+            self.set_tags({**tags, "resumed": "true"})
+            return
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        self._pending = PendingCalls(self.client, self.run_id)
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        for batch in metric_batches(metrics, step):
+            self._pending.submit("log_batch", batch)
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        self._pending.submit("log_artifacts", str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        self._pending.submit("log_artifact", str(local_file), artifact_path)
+
+    def set_tags(self, tags):
+        for k, v in tags.items():
+            self._pending.submit("set_tag", k, str(v))
+
+    def finish(self, status="FINISHED", retries: tuple[float, ...] = (1, 2, 4, 8, 15)):
+        """End the run; `retries` are the pauses (s) between the last attempts to reach the store."""
+        self._pending.submit("set_terminated", status)
+        if self._pending.drain(retries):
+            return
+        target = self.spill_path or Path(f"unsynced-{self.run_id}.jsonl")
+        count = self._pending.spill(target)
+        print(
+            f"warning: {count} metrics could not reach the tracking store; saved to {target} "
+            f"(replay with `csetrain runs sync {target} --uri URI`)"
+        )
+
+
+def make_tracker(
+    cfg: TrackingConfig,
+    run_name: str,
+    tags: dict[str, str],
+    config: dict,
+    resume_run_id: str | None = None,
+) -> Tracker:
+    """The run's tracker; `config` (plain, resolved) is logged as flattened params."""
+    if cfg.backend == "none":
+        return NullTracker()
+    try:
+        return MlflowTracker(cfg, run_name, tags, flatten(config), resume_run_id)
+    except Exception as err:  # unreachable or broken store at start: say so before any work
+        raise ConfigError(
+            f"tracking.uri={cfg.uri} is unreachable ({first_line(err)}): start the server, fix the URI, or use tracking=none"
+        ) from None

@@ -1,0 +1,290 @@
+"""run_training(cfg) -> float: assemble the components a config names, fit, then test the
+selected checkpoint once, returning the dev selection metric (what sweepers maximise).
+`train(cfg)` is the same run returning its whole summary (the CLI prints it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from csetrain.app.compose import sweep_dir
+from csetrain.app.context import RunContext, RunSummary, check_writable
+from csetrain.app.reports.plots import (
+    METRIC_LOG,
+    MetricLog,
+    never_fail,
+    published_references,
+    score_start,
+    write_run_plots,
+)
+from csetrain.app.resume import finished_before, resume_target
+from csetrain.app.settings import config_hash, instantiate, model_option, plain
+from csetrain.app.sweep import parent_run_id
+from csetrain.checkpoint import Checkpointer, write_text_atomic
+from csetrain.config import ConfigError, Settings
+from csetrain.data.cache import tokenized_dataset
+from csetrain.data.collate import Collator, StepSampler
+from csetrain.data.sources import Corpus, load_corpus
+from csetrain.eval.grid import grid_after_training
+from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
+from csetrain.eval.pair_scores import save_pair_scores
+from csetrain.grad_cache import GradCache
+from csetrain.loop import Components, Interrupted, fit
+from csetrain.regularizers.regularized import Regularized
+from csetrain.runtime import Runtime, free_memory, init_distributed, lr_lambda, seed_everything
+
+# `after_training: [name, ...]`: reports on the selected checkpoint after its test evaluation.
+AFTER_TRAINING = {"grid": grid_after_training}  # every layer x prefix size on the dev task
+
+
+def after_training(cfg: DictConfig) -> list[str]:
+    """The config's `after_training` reports, each checked to exist."""
+    names = list(cfg.get("after_training") or [])
+    if unknown := [name for name in names if name not in AFTER_TRAINING]:
+        raise ConfigError(f"after_training={unknown}: choose from {sorted(AFTER_TRAINING)}")
+    return names
+
+
+def check_fields(objective, corpus: Corpus) -> None:
+    """The objective (and its miner) say what they need; the data must provide it."""
+    missing = [f for f in objective.required_data_fields if f not in corpus.fields]
+    if missing:
+        raise ConfigError(
+            f"objective {type(objective).__name__} (with negative_mining {type(objective.miner).__name__}) "
+            f"needs data fields {missing} but data '{corpus.name}' provides {list(corpus.fields)}: choose a matching data= option"
+        )
+
+
+def build_miner(cfg: DictConfig):
+    """The negative miner; a `guide` naming a model option (minilm-l6) gets that model built."""
+    guide = cfg.negative_mining.get("guide")
+    if isinstance(guide, str) and not Path(guide).expanduser().is_dir():
+        option = model_option(guide)
+        if option is None:
+            raise ConfigError(
+                f"negative_mining.guide='{guide}' is neither a model option (`csetrain list model`) nor a saved model folder"
+            )
+        return instantiate(cfg.negative_mining, guide=instantiate(option))
+    return instantiate(cfg.negative_mining)
+
+
+def build_objective(cfg: DictConfig, runtime=None):
+    """The objective with its miner, run through GradCache (`trainer.grad_cache.chunk_size`,
+    with a runtime) and any regularizers (`regularizer=[name,...]`) as wrappers."""
+    objective = instantiate(cfg.objective, miner=build_miner(cfg))
+    chunk_size = cfg.trainer.grad_cache.chunk_size if runtime is not None else 0
+    if chunk_size:
+        objective = GradCache(objective, chunk_size, runtime)
+    regularizers = {
+        name: instantiate(node) for name, node in (cfg.get("regularizer") or {}).items()
+    }
+    return Regularized(objective, regularizers) if regularizers else objective
+
+
+def dev_evaluator(cfg: DictConfig):
+    """The selection evaluator; selecting a checkpoint on test data is refused."""
+    evaluator = instantiate(cfg.dev_eval)
+    if getattr(evaluator, "split", "dev") == "test":
+        raise ConfigError(
+            "dev_eval scores a test split: select on dev (eval@dev_eval=stsb_dev), test once with eval="
+        )
+    return evaluator
+
+
+def load_data(data: DictConfig) -> Corpus:
+    """The corpus of a `data` option, with its `instruction` (if any) applied."""
+    node = plain(data)
+    instruction = node.pop("instruction", None)
+    return load_corpus(instantiate(node), instruction)
+
+
+def build(
+    cfg: DictConfig, settings: Settings, run_dir: Path, tracker
+) -> tuple[Components, dict[str, str]]:
+    """Every component fit() drives, and the tags that describe the data and model."""
+    trainer = settings.trainer
+    runtime = Runtime(trainer)
+    encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
+    objective = build_objective(cfg, runtime).to(runtime.device)
+    corpus = load_data(cfg.data)
+    check_fields(objective, corpus)
+    dataset = tokenized_dataset(corpus, encoder.tokenizer, settings.paths.cache_dir)
+    # Before the optimizer and any resume: momentum copies start from these weights, heads the
+    # binding creates get optimized, corpus-reading miners take the tokenized rows.
+    objective.bind(encoder, dataset)
+    objective.to(runtime.device)
+    tokenizer = encoder.tokenizer
+    collator = Collator(
+        data_fields=objective.data_fields
+        + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+        augmentation=instantiate(cfg.augmentation),
+        pad_id=tokenizer.pad_token_id,
+        special_ids=set(tokenizer.all_special_ids),
+        augmented_positive=objective.augmented_positive,
+        seed=trainer.seed,
+        tokenizer=tokenizer,
+        max_length=corpus.max_length,
+    )
+    params = [
+        p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad
+    ]
+    optimizer = runtime.optimizer(params, trainer.lr, trainer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(trainer.schedule, trainer.warmup_steps, trainer.max_steps)
+    )
+    components = Components(
+        encoder=encoder,
+        objective=objective,
+        dataset=dataset,
+        sampler=StepSampler(len(dataset), trainer.batch_size, trainer.seed),
+        collator=collator,
+        runtime=runtime,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        evaluator=dev_evaluator(cfg),
+        checkpointer=Checkpointer(run_dir),
+        tracker=tracker,
+    )
+    data_tags = {f"data.sha256.{name}": digest[:16] for name, digest in corpus.checksums.items()}
+    return components, {
+        **data_tags,
+        "data.sentences": str(len(dataset)),
+        "model.source": encoder.source,
+    }
+
+
+def run_training(cfg: DictConfig) -> float:
+    """Train and test; the dev selection metric (NaN without dev evaluation or on ranks > 0)."""
+    return train(cfg).selection_metric
+
+
+def train(cfg: DictConfig) -> RunSummary:
+    """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
+    FINISHED, KILLED (interrupted, resumable) or FAILED whatever happens."""
+    ctx = RunContext.create(cfg, "runs")
+    reports = after_training(cfg)
+    rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
+    wanted_hash = config_hash(cfg)
+    in_sweep = sweep_dir()
+    if in_sweep and (done := finished_before(ctx, wanted_hash)):
+        print(f"skip: this job's config already finished as MLflow run {done.run_id}")
+        return done
+    ctx.run_dir, resumed = resume_target(ctx.settings, ctx.run_dir, wanted_hash)
+    if rank == 0:  # only rank 0 writes: logs, checkpoints, results
+        check_writable(ctx.run_dir)
+    tags = ctx.tags(**{"dev_eval.protocol": str(cfg.dev_eval.protocol)}, config_hash=wanted_hash)
+    if parent := parent_run_id(in_sweep):
+        tags["mlflow.parentRunId"] = parent
+    resume_id = resumed.get("run_id") if resumed else None
+    tracker = ctx.tracker(tags, resume_id, rank)  # before seeding: random run names differ
+    tracker.spill_path = ctx.run_dir / "unsynced_metrics.jsonl"  # if the store stays unreachable
+    status = "FAILED"
+    try:
+        seed_everything(ctx.settings.trainer.seed + rank)  # distinct dropout streams per rank
+        if rank == 0:
+            write_text_atomic(ctx.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        components, more_tags = build(cfg, ctx.settings, ctx.run_dir, tracker)
+        components.meta = {"config_hash": wanted_hash, "run_id": tracker.run_id}
+        tracker.set_tags(more_tags)
+        selection, metrics = _train_and_test(ctx, components, resumed is not None, reports)
+        status = "FINISHED"
+        return ctx.summary(selection, metrics, tracker.run_id)
+    except Interrupted:
+        status = "KILLED"
+        raise
+    finally:
+        if rank == 0:
+            with_model = ctx.settings.tracking.log_model and status == "FINISHED"
+            _log_run_files(tracker, ctx.run_dir, with_model)
+        tracker.finish(status)
+        free_memory()  # multirun jobs in one process start clean
+
+
+def _train_and_test(
+    ctx: RunContext, c: Components, resume: bool, reports: list[str]
+) -> tuple[float, dict[str, float]]:
+    """Fit, then (rank 0) test the selected checkpoint and write the run's reports."""
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    if c.runtime.is_main:  # every logged metric also goes to metrics.jsonl, for the plots
+        c.tracker = MetricLog(c.tracker, run_dir / METRIC_LOG)
+    start, progress = 0, None
+    if resume:
+        start, progress = c.checkpointer.load_state(
+            c.encoder, c.objective, c.optimizer, c.scheduler
+        )
+    elif c.runtime.is_main:  # eval.compare_initial: the start's test scores, for the plots
+        cache = ctx.settings.paths.cache_dir
+        never_fail("scoring the start checkpoint", score_start, cfg.eval, c.encoder, run_dir, cache)
+    fitted = fit(c, ctx.settings.trainer, start, progress)
+    if not c.runtime.is_main:  # rank 0 tests and reports
+        return float("nan"), {}
+    c.checkpointer.discard_state()  # training is complete: resume state is no longer needed
+    if fitted.best_step < 0:  # no dev evaluation configured: the last model is the result
+        c.checkpointer.save_best(c.encoder, fitted.steps, "last", float("nan"))
+    best = c.checkpointer.load_best(c.runtime.device)  # test what was saved, exactly
+    test_result = instantiate(cfg.eval)(best)
+    test_metrics = test_result.prefixed("test")
+    c.tracker.log_metrics(test_metrics, fitted.best_step)
+    dev_label = f"eval/{c.evaluator.protocol}/{c.evaluator.label(c.evaluator.tasks[0])}"
+    _write_results(run_dir, fitted, test_result, dev_label)
+    summary = {"train/seconds": fitted.train_seconds}
+    if fitted.history:  # selection summary, for run tables and sweep parents
+        summary.update(
+            {
+                "eval/best": fitted.best_metric,
+                "eval/best_step": fitted.best_step,
+                "eval/start": fitted.history[0]["primary"],
+            }
+        )
+    c.tracker.log_metrics(summary, fitted.steps)
+    references = never_fail("published baselines", published_references, str(cfg.eval.protocol))
+    plots = (run_dir, c.tracker, fitted.history, dev_label, test_metrics, references)
+    never_fail("plots", write_run_plots, *plots)
+    for name in reports:
+        args = (
+            getattr(c.objective, "inner", c.objective),
+            c.evaluator,
+            best,
+            run_dir,
+            c.tracker,
+            fitted.best_step,
+        )
+        never_fail(f"after_training {name}", AFTER_TRAINING[name], *args)
+    selection = fitted.best_metric if fitted.history else float("nan")
+    return selection, {**test_metrics, **summary}
+
+
+def _write_results(run_dir: Path, fitted, test_result, dev_label: str) -> None:
+    """eval_results.json (selection history and test scores) and the per-pair test scores."""
+    report = {
+        "selection": {
+            "metric": dev_label,
+            "best": fitted.best_metric,
+            "best_step": fitted.best_step,
+            "history": fitted.history,
+        },
+        "test": {
+            "protocol": test_result.details.get("protocol"),
+            "pairs": test_result.details.get("pairs"),
+            "metrics": test_result.metrics,
+            "checkpoint_step": fitted.best_step,
+        },
+        "train_seconds": fitted.train_seconds,
+    }
+    write_text_atomic(run_dir / "eval_results.json", json.dumps(report, indent=2))
+    if pairs := getattr(test_result, "pairs", None):  # for `runs compare` and seed statistics
+        save_pair_scores(pairs, run_dir / PAIR_SCORES)
+
+
+def _log_run_files(tracker, run_dir: Path, with_model: bool) -> None:
+    for name in ("config.yaml", "eval_results.json", PAIR_SCORES):
+        if (run_dir / name).is_file():
+            tracker.log_artifact(run_dir / name)
+    if (run_dir / ".hydra").is_dir():
+        tracker.log_artifacts(run_dir / ".hydra", ".hydra")
+    best = run_dir / "checkpoints" / "best"
+    if with_model and best.is_dir():
+        tracker.log_artifacts(best, "model")
