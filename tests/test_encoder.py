@@ -38,8 +38,8 @@ def test_poolers_by_hand():
 
 
 def test_unknown_pooler_and_head_fail_clearly(tiny_backbone):
-    with pytest.raises(ConfigError, match="model.pooler='max'"):
-        SentenceEncoder(tiny_backbone, pooler="max")
+    with pytest.raises(ConfigError, match="model.pooler='maximum'"):
+        SentenceEncoder(tiny_backbone, pooler="maximum")
     with pytest.raises(ConfigError, match="model.mlp_head"):
         SentenceEncoder(tiny_backbone, mlp_head="sometimes")
 
@@ -152,3 +152,16 @@ def test_layer_and_dim_survive_export_to_sentence_transformers(tmp_path, tiny_ba
     st = sentence_transformers.SentenceTransformer(str(tmp_path / "m"), device="cpu").double()
     ours = copy.deepcopy(encoder).double().encode(SENTENCES)
     assert_float32_of_float64_close(ours, torch.from_numpy(st.encode(SENTENCES)))
+
+
+def test_last_token_pooling_under_right_and_left_padding():
+    from csetrain.modeling.pooling import last_token_pool, max_pool, mean_sqrt_len_pool
+
+    states = torch.arange(2 * 4 * 3, dtype=torch.float64).view(2, 4, 3)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert torch.equal(last_token_pool((states,), right), states[[0, 1], [1, 3]])
+    assert torch.equal(last_token_pool((states,), left), states[[0, 1], [3, 3]])
+    assert torch.equal(max_pool((states,), right)[0], states[0, 1])  # padding never wins
+    by_hand = (states[0, 0] + states[0, 1]) / 2**0.5
+    torch.testing.assert_close(mean_sqrt_len_pool((states,), right)[0], by_hand, rtol=1e-15, atol=0)
