@@ -15,8 +15,8 @@ from csetrain.config import ConfigError
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.sources import TextLines
 from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
-from csetrain.objectives.mcl import (
-    MCL,
+from csetrain.objectives.mcl import MCL
+from csetrain.objectives.mcl_clusters import (
     _kmeans_plus_plus,
     combine_labels,
     draw_group_batch,
