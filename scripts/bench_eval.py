@@ -24,7 +24,6 @@ the script exits 1 if they do not.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -32,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import print_table, spawn  # scripts/ is on sys.path when run
+from benchlib import child_ran, print_table, spawn  # scripts/ is on sys.path when run
 
 # csetrain task -> mteb task name
 TASKS = {
@@ -239,11 +238,8 @@ def report_times(ours: dict, theirs: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.variant:
-        child(args)
+    if child_ran(args, child, "mteb", "bench_eval.py"):
         return
-    if importlib.util.find_spec("mteb") is None:
-        raise SystemExit("bench_eval.py needs mteb: pip install -e '.[bench]'")
     ours, theirs = (spawn(__file__, v, argv, args.threads) for v in VARIANTS)
     agree = report_scores(ours, theirs, args)
     report_times(ours, theirs)

@@ -33,7 +33,6 @@ sentences, so per-step padding differs a little between variants.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -43,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import print_table, spawn  # scripts/ is on sys.path when run
+from benchlib import child_ran, print_table, spawn  # scripts/ is on sys.path when run
 
 VARIANTS = ("csetrain", "sentence-transformers", "plain")
 BASELINE = "sentence-transformers"
@@ -369,11 +368,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.variant:
-        child(args)
+    if child_ran(args, child, "accelerate", "bench_train.py"):
         return
-    if importlib.util.find_spec("accelerate") is None:
-        raise SystemExit("bench_train.py needs accelerate: pip install -e '.[bench]'")
     trees = dict(t.split("=", 1) for t in args.tree)  # label -> checkout whose csetrain is timed
     variants = [v for v in VARIANTS if v == BASELINE or v not in args.skip]
     variants += [f"csetrain@{label}" for label in trees]

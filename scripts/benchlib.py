@@ -11,6 +11,19 @@ import time
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
+def child_ran(args, child, needs: str, script: str) -> bool:
+    """In a variant's own subprocess (`--variant`), run it and say so; in the parent, fail in
+    one line if the peer library `needs` is missing."""
+    if args.variant:
+        child(args)
+        return True
+    import importlib.util
+
+    if importlib.util.find_spec(needs) is None:
+        raise SystemExit(f"{script} needs {needs}: pip install -e '.[bench]'")
+    return False
+
+
 def spawn(
     script: str, variant: str, argv: list[str], threads: int, extra_env: dict | None = None
 ) -> dict:
