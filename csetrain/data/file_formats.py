@@ -85,7 +85,7 @@ def read_delimited(path: Path, header: bool) -> Table:
                     )
                 if header:
                     continue
-            rows.append(_delimited_row(fields, columns, start, reader.line_num, tsv))
+            rows.append(_delimited_row(path, fields, columns, start, reader.line_num))
     except csv.Error as err:
         raise ConfigError(
             f"{path}:{reader.line_num}: {err} — fix the quoting on that line"
@@ -93,9 +93,10 @@ def read_delimited(path: Path, header: bool) -> Table:
     return Table(str(path), columns or [], rows)
 
 
-def _delimited_row(fields: list[str], columns: list[str], start: int, end: int, tsv: bool) -> Row:
+def _delimited_row(path: Path, fields: list[str], columns: list[str], start: int, end: int) -> Row:
     """The row's values by column, with a field-count or line-spanning problem noted."""
     row = Row(str(start), dict(zip(columns, fields)))
+    tsv = path.suffix.lower() == ".tsv"
     if len(fields) != len(columns):
         sep = "a tab" if tsv else "','"
         fix = f"fields containing {sep} must be quoted" if not tsv else "remove stray tabs"
@@ -104,9 +105,9 @@ def _delimited_row(fields: list[str], columns: list[str], start: int, end: int, 
             f"{fix}, or fill in the missing ones",
         )
     elif end != start and any("\n" in f or "\r" in f for f in fields):
-        row.problem = (
-            f"a quoted field runs from line {start} to line {end}",
-            "close the quote, or remove the line break inside it",
+        # Not one bad row: an open quote swallows the lines after it, so no policy may skip it.
+        raise ConfigError(
+            f"{path}:{start}: a quoted field runs from line {start} to line {end} — close the quote, or remove the line break inside it"
         )
     return row
 
