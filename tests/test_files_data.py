@@ -291,11 +291,10 @@ def test_folder_and_glob(tmp_path):
         Files(str(root)).load()
 
 
-def test_cache_entry_follows_the_files_and_the_mapping(tmp_path):
+def test_cache_entry_follows_the_files_and_the_mapping(tmp_path, tiny_backbone):
     from csetrain.data.cache import tokenized_dataset
-    from csetrain.modeling.backbones import bert_uncased_tokenizer
 
-    tokenizer = bert_uncased_tokenizer()
+    tokenizer = tiny_backbone.tokenizer
     path = write(
         tmp_path / "d.csv", [["query", "doc"], ["first q", "first d"], ["second q", "second d"]]
     )
@@ -352,3 +351,23 @@ def test_train_two_steps_on_files_with_dropped_rows_tagged(tmp_path, mlflow_stor
     assert run.data.tags["data.sentences"] == "11"
     assert run.data.tags["data.columns"] == "anchor=q,positive=d,hard_negative=n"
     assert len(run.data.tags["data.sha256.mine.csv"]) == 16
+
+
+def test_the_roles_decide_which_objectives_can_train(tmp_path):
+    path = write(tmp_path / "sentences.txt", "one sentence\nanother sentence\n")
+    proc = csetrain_in_process(
+        "train",
+        "model=tiny",
+        "objective=simcse_sup",
+        "data=files",
+        f"data.path={path}",
+        "tracking=none",
+        f"paths.output_dir={tmp_path}/out",
+        f"paths.data_dir={small_sts()}",
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: objective SimCSESup")
+    assert (
+        "needs data fields ['positive', 'hard_negative']" in last and "provides ['anchor']" in last
+    )
