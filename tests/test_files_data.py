@@ -280,6 +280,11 @@ def test_folder_and_glob(tmp_path):
     assert set(corpus.checksums) == {"a.csv", "sub/b.jsonl"}
     corpus = Files(f"{root}/*.csv").load()
     assert [r["anchor"] for r in corpus.records] == ["a1"] and set(corpus.checksums) == {"a.csv"}
+    write(root / "a(1).csv", [["anchor", "positive"], ["a4", "p4"]])
+    write(root / "a[1].csv", [["anchor", "positive"], ["a5", "p5"]])
+    corpus = Files(f"{root}/a?1?.csv").load()
+    assert set(corpus.checksums) == {"a_1_.csv", "a_1_.csv~1"}  # tag-safe names, none lost
+    (root / "a(1).csv").unlink(), (root / "a[1].csv").unlink()
     assert len(Files(f"{root}/**/*.*l").load().records) == 1  # b.jsonl
     with pytest.raises(ConfigError, match=r"matches no file"):
         Files(f"{root}/*.parquet").load()
@@ -321,7 +326,7 @@ def test_hub_offline_fails_with_one_line():
 def test_train_two_steps_on_files_with_dropped_rows_tagged(tmp_path, mlflow_store):
     rows = [["q", "d", "n"]] + [[f"query {i}", f"document {i}", f"other {i}"] for i in range(12)]
     rows[5][1] = " "  # one empty positive: dropped
-    path = write(tmp_path / "mine.csv", rows)
+    path = write(tmp_path / "my data (v1).csv", rows)  # "(" is no MLflow tag character
     uri = mlflow_store(tmp_path / "mlflow.db")
     proc = csetrain_in_process(
         "train",
@@ -329,7 +334,7 @@ def test_train_two_steps_on_files_with_dropped_rows_tagged(tmp_path, mlflow_stor
         "model=tiny",
         "objective=simcse_sup",
         "data=files",
-        f"data.path={path}",
+        f"data.path='{path}'",  # Hydra's quoting, for the space and the parentheses
         "data.columns={anchor:q,positive:d,hard_negative:n}",
         "data.on_bad_row=drop",
         "trainer.max_steps=2",
@@ -350,7 +355,7 @@ def test_train_two_steps_on_files_with_dropped_rows_tagged(tmp_path, mlflow_stor
     assert run.data.tags["data.dropped_rows"] == "1"
     assert run.data.tags["data.sentences"] == "11"
     assert run.data.tags["data.columns"] == "anchor=q,positive=d,hard_negative=n"
-    assert len(run.data.tags["data.sha256.mine.csv"]) == 16
+    assert len(run.data.tags["data.sha256.my data _v1_.csv"]) == 16
 
 
 def test_the_roles_decide_which_objectives_can_train(tmp_path):

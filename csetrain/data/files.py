@@ -7,6 +7,7 @@ import glob
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 from csetrain.config import ConfigError
@@ -117,6 +118,20 @@ def records_of(table: Table, mapping: dict[str, str], bad: BadRows) -> list[dict
     return records
 
 
+def checksum_names(checksums: dict[Path | str, str], root: Path | None) -> dict[str, str]:
+    """The checksums named by path relative to `root`, in the characters an MLflow tag key
+    allows (others become '_'; a name made equal to another gets a '~N' suffix)."""
+    named = {}
+    for file, digest in checksums.items():
+        name = Path(file).relative_to(root).as_posix() if root is not None else str(file)
+        name = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+        base, n = name, 1
+        while name in named:
+            name, n = f"{base}~{n}", n + 1
+        named[name] = digest
+    return named
+
+
 def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (
         (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
@@ -184,15 +199,14 @@ def dataset_checksums(dataset, root: Path | None, prefix: str) -> dict[str, str]
     """sha256 of the Arrow files behind a Dataset, named relative to `root` (else by `prefix`)."""
     checksums = {}
     for entry in dataset.cache_files:
-        file = Path(entry["filename"])
-        inside = root is not None and file.resolve().is_relative_to(root.resolve())
-        name = (
-            file.resolve().relative_to(root.resolve()).as_posix()
-            if inside
-            else f"{prefix}/{file.name}"
+        file = Path(entry["filename"]).resolve()
+        inside = root is not None and file.is_relative_to(root.resolve())
+        checksums[file.relative_to(root.resolve()) if inside else f"{prefix}/{file.name}"] = (
+            sha256_file(file)
         )
-        checksums[name] = sha256_file(file)
-    return checksums or {prefix: dataset._fingerprint}  # an in-memory dataset has no files
+    if not checksums:  # an in-memory dataset has no files
+        checksums[prefix] = dataset._fingerprint
+    return checksum_names(checksums, None)
 
 
 class Files:
@@ -242,12 +256,12 @@ class Files:
             checksums = dataset_checksums(dataset, Path(path), Path(path).name)
             return [columns_table(path, dataset.to_dict())], checksums
         root, files = _file_list(path)
-        checksums = {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
+        checksums = checksum_names({f: sha256_file(f) for f in files}, root)
         return [read_file(f, self.header) for f in files], checksums
 
     def load(self) -> Corpus:
         tables, checksums = self.tables()
-        bad, records, mappings, fields = BadRows(self.on_bad_row), [], {}, None
+        bad, records, mappings, fields, unread = BadRows(self.on_bad_row), [], {}, None, {}
         for table in (t for t in tables if t.rows):
             mapping = given_mapping(self.columns, table) if self.columns else default_mapping(table)
             roles = tuple(r for r in ROLES if r in mapping)
@@ -256,6 +270,7 @@ class Files:
                     f"{table.label}: gives roles {list(roles)}, earlier files {list(fields)} — read files of one layout together"
                 )
             fields, mappings[table.label] = roles, mapping
+            unread.update(dict.fromkeys(c for c in table.columns if c not in mapping.values()))
             records += records_of(table, mapping, bad)
         records = records[: self.max_sentences or None]
         source = f"data.hub={self.hub!r}" if self.hub else f"data.path={self.path!r}"
@@ -270,11 +285,12 @@ class Files:
             dict.fromkeys(",".join(f"{r}={c}" for r, c in m.items()) for m in mappings.values())
         )
         log.info(
-            "%s: %d rows from %d source(s), columns %s",
+            "%s: %d rows from %d source(s), columns %s%s",
             source,
             len(records),
             len(tables),
             described,
+            f" (not read: {', '.join(unread)})" if unread else "",
         )
         # The mapping changes the records but not the files: it keys the tokenization cache
         # (through the name) together with the checksums.
