@@ -376,3 +376,17 @@ def test_the_roles_decide_which_objectives_can_train(tmp_path):
     assert (
         "needs data fields ['positive', 'hard_negative']" in last and "provides ['anchor']" in last
     )
+
+
+def test_the_data_pack_reads_as_its_own_readers_read_it(data_dir):
+    from csetrain.data.sources import TextLines, TripletCSV
+
+    nli = "nli/snli_devtest_triplets.csv"
+    assert (
+        Files(str(data_dir / nli)).load().records == TripletCSV(nli, str(data_dir)).load().records
+    )
+    wiki = "wiki/wiki1m_head.txt"
+    assert (
+        Files(str(data_dir / wiki)).load().records
+        == TextLines([wiki], str(data_dir)).load().records
+    )

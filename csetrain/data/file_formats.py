@@ -22,7 +22,7 @@ from csetrain.data.sources import _read_text
 SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One row: where it is (`5` or `row 4`), its values, and a problem found while parsing."""
 
