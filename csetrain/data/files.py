@@ -7,11 +7,20 @@ import glob
 import hashlib
 import json
 import logging
-import re
 from pathlib import Path
 
 from csetrain.config import ConfigError
-from csetrain.data.file_formats import SUFFIXES, Row, Table, columns_table, read_file
+from csetrain.data.file_formats import (
+    SUFFIXES,
+    Row,
+    Table,
+    checksum_names,
+    columns_table,
+    dataset_checksums,
+    load_hub,
+    pick_split,
+    read_file,
+)
 from csetrain.data.sources import Corpus, sha256_file
 
 log = logging.getLogger(__name__)
@@ -118,20 +127,6 @@ def records_of(table: Table, mapping: dict[str, str], bad: BadRows) -> list[dict
     return records
 
 
-def checksum_names(checksums: dict[Path | str, str], root: Path | None) -> dict[str, str]:
-    """The checksums named by path relative to `root`, in the characters an MLflow tag key
-    allows (others become '_'; a name made equal to another gets a '~N' suffix)."""
-    named = {}
-    for file, digest in checksums.items():
-        name = Path(file).relative_to(root).as_posix() if root is not None else str(file)
-        name = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
-        base, n = name, 1
-        while name in named:
-            name, n = f"{base}~{n}", n + 1
-        named[name] = digest
-    return named
-
-
 def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (
         (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
@@ -165,48 +160,6 @@ def _file_list(path: str) -> tuple[Path, list[Path]]:
     raise ConfigError(
         f"data.path={path!r}: no such file or folder — give a file, a glob or a folder"
     )
-
-
-def load_hub(dataset_id: str, subset: str | None, split: str):
-    """The Hub dataset through `datasets.load_dataset` (its cache first); one line when it fails."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(dataset_id, subset, split=split)
-    except Exception as err:  # noqa: BLE001 - offline, missing, private: all one message
-        offline = (
-            " (offline mode: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE is set)"
-            if datasets.config.HF_HUB_OFFLINE
-            else ""
-        )
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(
-            f"data.hub={dataset_id!r}: cannot load it{offline}: {first} — where there is internet, "
-            "load it and save_to_disk(<folder>), then use data.path=<folder>"
-        ) from None
-
-
-def pick_split(dataset, label: str, split: str):
-    """The Dataset itself, or the `split` of a DatasetDict."""
-    if not isinstance(dataset, dict):  # a Dataset; a DatasetDict is a dict of them
-        return dataset
-    if split not in dataset:
-        raise ConfigError(f"{label}: no split '{split}' — set data.split to one of {list(dataset)}")
-    return dataset[split]
-
-
-def dataset_checksums(dataset, root: Path | None, prefix: str) -> dict[str, str]:
-    """sha256 of the Arrow files behind a Dataset, named relative to `root` (else by `prefix`)."""
-    checksums = {}
-    for entry in dataset.cache_files:
-        file = Path(entry["filename"]).resolve()
-        inside = root is not None and file.is_relative_to(root.resolve())
-        checksums[file.relative_to(root.resolve()) if inside else f"{prefix}/{file.name}"] = (
-            sha256_file(file)
-        )
-    if not checksums:  # an in-memory dataset has no files
-        checksums[prefix] = dataset._fingerprint
-    return checksum_names(checksums, None)
 
 
 class Files:
