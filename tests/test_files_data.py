@@ -390,3 +390,15 @@ def test_the_data_pack_reads_as_its_own_readers_read_it(data_dir):
         Files(str(data_dir / wiki)).load().records
         == TextLines([wiki], str(data_dir)).load().records
     )
+
+
+def test_hub_path_reads_what_load_dataset_returns(tmp_path, monkeypatch):
+    import datasets
+
+    # load_dataset also takes a local folder: the Hub code path, offline, with its cache in tmp.
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    make("jsonl", tmp_path)
+    corpus = Files(hub=str(tmp_path), split="train").load()
+    assert corpus.records == RECORDS
+    ((name, digest),) = corpus.checksums.items()  # the Arrow file load_dataset built
+    assert name.startswith(f"{tmp_path}/") and name.endswith("-train.arrow") and len(digest) == 64
