@@ -151,6 +151,7 @@ def build(
     data_tags = {f"data.sha256.{name}": digest[:16] for name, digest in corpus.checksums.items()}
     return components, {
         **data_tags,
+        **corpus.tags,
         "data.sentences": str(len(dataset)),
         "model.source": encoder.source,
     }

@@ -44,6 +44,7 @@ class Corpus:
     checksums: dict[str, str]
     max_length: int = 32  # training truncation in tokens (SimCSE's max_seq_length)
     instruction: str | None = None  # the task its anchors are prefixed with (see load_corpus)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)  # more run tags (data.*)
 
 
 def instruction_prefix(task: str) -> str:
