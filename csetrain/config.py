@@ -142,13 +142,16 @@ def check_ranges(settings: Settings) -> None:
 
 
 def check_component_numbers(group: str, values: dict) -> None:
-    """The numeric keys of a component node (objective, data) that have one obvious range:
-    temperatures > 0 and finite, `max_length` >= 1, `max_sentences` >= 1 (or null)."""
+    """The numeric keys of a component node (objective, data, eval) that have one obvious range:
+    temperatures > 0 and finite, `max_length` and `batch_size` >= 1, `max_sentences` >= 1 (or
+    null)."""
     for key, value in values.items():
         if key.endswith("temperature"):
             rule = _finite(0, strict=True)
         elif key == "max_length":
             rule = _int_at_least(1, " (tokens per training sentence)")
+        elif key == "batch_size":
+            rule = _int_at_least(1)
         elif key == "max_sentences":
             rule = _int_at_least(1, " (or null for all)")
         else:

@@ -49,6 +49,8 @@ BAD_SETTINGS = [
     ),
     (["data.max_length=0"], r"data\.max_length=0: must be >= 1"),
     (["data.max_sentences=0"], r"data\.max_sentences=0: must be >= 1 \(or null for all\)"),
+    (["eval.batch_size=0"], r"eval\.batch_size=0: must be >= 1"),
+    (["dev_eval.batch_size=-8"], r"dev_eval\.batch_size=-8: must be >= 1"),
     (["model=saved"], r"model\.path has no value .*: pass model\.path=\.\.\."),
     (["model=hf"], r"model\.name_or_path has no value"),
 ]

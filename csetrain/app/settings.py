@@ -51,7 +51,7 @@ def validate_settings(cfg: DictConfig) -> Settings:
     check_no_missing(cfg)
     settings = typed_settings(cfg)
     check_ranges(settings)
-    for group in ("objective", "data"):
+    for group in ("objective", "data", "dev_eval", "eval"):
         node = cfg.get(group)
         if isinstance(node, DictConfig):
             check_component_numbers(group, plain(node))
