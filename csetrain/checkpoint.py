@@ -111,8 +111,10 @@ class Checkpointer:
         return state["step"], state["progress"]
 
     def meta(self) -> dict | None:
+        """The resume state's meta.json, None if there is no resume state; a corrupt one (cut
+        short, not an object) is an error, as a corrupt state file is, never a fresh start."""
         path = self.last_dir / "meta.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_meta(path) if path.is_file() else None
 
     def discard_state(self) -> None:
         """The run ended: its resume state is no longer needed (the best model stays)."""
@@ -123,10 +125,23 @@ def find_resumable(output_dir: str | Path, wanted_hash: str) -> Path | None:
     """The most recent unfinished run under `output_dir` with the same config hash."""
     candidates = []
     for meta_file in Path(output_dir).glob("**/checkpoints/last/meta.json"):
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+        meta = read_meta(meta_file)
         if meta.get("config_hash") == wanted_hash:
             candidates.append((meta_file.stat().st_mtime, meta_file.parents[2]))
     return max(candidates)[1] if candidates else None
+
+
+def read_meta(path: Path) -> dict:
+    """A resume state's meta.json; one that does not parse to an object is a ConfigError."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        meta = None
+    else:
+        reason = f"holds a {type(meta).__name__}, not an object"
+    if not isinstance(meta, dict):
+        raise ConfigError(
+            f"checkpoint {path.parent} is corrupt (meta.json: {reason}); delete it or set trainer.resume=never"
+        )
+    return meta

@@ -7,6 +7,7 @@ wrong type fails with the key named, not after an hour of training.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,75 @@ CHOICES = {
 }
 
 
+def _int_at_least(low: int, why: str = "") -> tuple:
+    return (lambda v: v >= low, f">= {low}{why}")
+
+
+def _finite(low: float, strict: bool) -> tuple:
+    sign = ">" if strict else ">="
+    return (
+        lambda v: math.isfinite(v) and (v > low if strict else v >= low),
+        f"a finite number {sign} {low:g}",
+    )
+
+
+# The valid range of every numeric plain setting: (test, what the message says it must be).
+# Checked at start-up (and by `csetrain validate`) so a bad number fails before a model loads.
+RANGES: dict[tuple[str, str], tuple] = {
+    ("trainer", "max_steps"): _int_at_least(1, " (the optimizer steps to run)"),
+    ("trainer", "batch_size"): _int_at_least(
+        2, " (every objective contrasts a row with the other rows of its batch)"
+    ),
+    ("trainer", "lr"): _finite(0, strict=True),
+    ("trainer", "weight_decay"): _finite(0, strict=False),
+    ("trainer", "warmup_steps"): _int_at_least(0),
+    ("trainer", "max_grad_norm"): _finite(0, strict=False),
+    ("trainer", "seed"): (lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    ("trainer", "eval_every"): _int_at_least(0, " (0 = no dev evaluation)"),
+    ("trainer", "save_every"): _int_at_least(0, " (0 = at every dev evaluation)"),
+    ("trainer", "log_every"): _int_at_least(1),
+    ("trainer", "num_threads"): _int_at_least(0, " (0 = torch's default)"),
+    ("trainer.grad_cache", "chunk_size"): _int_at_least(0, " (0 = off)"),
+}
+
+
+def out_of_range(key: str, value, test_and_range: tuple) -> str | None:
+    """`key=value: must be <range>` if `value` fails the test, else None."""
+    test, allowed = test_and_range
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # types are the schema's job
+    return None if test(value) else f"{key}={value}: must be {allowed}"
+
+
+def check_ranges(settings: Settings) -> None:
+    """Every numeric plain setting within its range, else one line naming key, value, range."""
+    for (group, key), rule in RANGES.items():
+        node = settings
+        for part in group.split("."):
+            node = getattr(node, part)
+        if problem := out_of_range(f"{group}.{key}", getattr(node, key), rule):
+            raise ConfigError(problem)
+
+
+def check_component_numbers(group: str, values: dict) -> None:
+    """The numeric keys of a component node (objective, data, eval) that have one obvious range:
+    temperatures > 0 and finite, `max_length` and `batch_size` >= 1, `max_sentences` >= 1 (or
+    null)."""
+    for key, value in values.items():
+        if key.endswith("temperature"):
+            rule = _finite(0, strict=True)
+        elif key == "max_length":
+            rule = _int_at_least(1, " (tokens per training sentence)")
+        elif key == "batch_size":
+            rule = _int_at_least(1)
+        elif key == "max_sentences":
+            rule = _int_at_least(1, " (or null for all)")
+        else:
+            continue
+        if problem := out_of_range(f"{group}.{key}", value, rule):
+            raise ConfigError(problem)
+
+
 def resolve_data_dir(data_dir: str | None) -> Path:
     """The data directory from config or $CSETRAIN_DATA_DIR, checked to exist."""
     chosen = data_dir or os.environ.get("CSETRAIN_DATA_DIR")
@@ -107,6 +177,8 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 def require_file(path: Path, what: str, key: str) -> Path:
     """Fail with one line naming the missing file and the config key that points at it."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a file: point {key} at a file")
     if not path.is_file():
         raise ConfigError(
             f"{what} not found: {path} (set {key}, or paths.data_dir / $CSETRAIN_DATA_DIR)"

@@ -38,6 +38,8 @@ def test_every_option_composes_and_validates(group, option, data_dir):
     overrides = [f"{key}={option}", f"paths.data_dir={data_dir}"]
     if option == "saved":
         overrides.append("model.path=/nonexistent")
+    if option == "hf":
+        overrides.append("model.name_or_path=/nonexistent")
     cfg = _compose(overrides)
     OmegaConf.resolve(cfg)
     validate_settings(cfg)

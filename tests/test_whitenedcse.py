@@ -122,9 +122,14 @@ def test_bad_group_count_is_one_clear_line(tiny_encoder):
         ConfigError, match="objective.num_groups=5 does not divide the hidden size 32"
     ):
         WhitenedCSE(num_groups=5).embed(tiny_encoder, batch)
-    with pytest.raises(ConfigError, match="objective.num_groups=null"):
-        WhitenedCSE(num_groups=None).embed(tiny_encoder, batch)  # 32 is not a multiple of 6
-    assert WhitenedCSE().groups_for(384) == 64 and WhitenedCSE().groups_for(768) == 128
+
+
+@pytest.mark.parametrize(
+    "dim, groups", [(768, 128), (384, 64), (1024, 256), (32, 8), (30, 5), (7, 7)]
+)
+def test_null_group_count_fits_every_hidden_size(dim, groups):
+    """The paper's 6 channels per group where 6 divides D, else the widest divisor below it."""
+    assert WhitenedCSE().groups_for(dim) == groups
 
 
 def test_three_training_steps(tmp_path):
@@ -133,8 +138,7 @@ def test_three_training_steps(tmp_path):
     tracker, components = _run_tiny(
         tmp_path,
         [
-            "objective=whitenedcse",
-            "objective.num_groups=8",
+            "objective=whitenedcse",  # num_groups=null: the tiny model's 32 -> 8 groups of 4
             "model.mlp_head=train_only",
             "trainer.max_steps=3",
         ],

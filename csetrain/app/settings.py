@@ -19,6 +19,8 @@ from csetrain.config import (
     ConfigError,
     CsetrainError,
     Settings,
+    check_component_numbers,
+    check_ranges,
 )
 
 # Keys that never change a run's result, left out of its config hash.
@@ -43,7 +45,29 @@ def plain(node) -> Any:
 
 
 def validate_settings(cfg: DictConfig) -> Settings:
-    """Check each plain-settings node against its schema; a missing node keeps the defaults."""
+    """Check each plain-settings node against its schema and every numeric setting against its
+    range, and that no key is left without a value; a missing node keeps the defaults. Cheap
+    (no model, no data), so it runs before anything is loaded or written."""
+    check_no_missing(cfg)
+    settings = typed_settings(cfg)
+    check_ranges(settings)
+    for group in ("objective", "data", "dev_eval", "eval"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            check_component_numbers(group, plain(node))
+    return settings
+
+
+def check_no_missing(cfg: DictConfig) -> None:
+    """A mandatory key (`???` in its YAML, e.g. model=saved's `path`) must be given."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(f"{key} has no value (its option leaves it ???): pass {key}=...")
+
+
+def typed_settings(cfg: DictConfig) -> Settings:
+    """The plain-settings nodes as their dataclasses, with types and closed choices checked."""
     typed = {}
     for name, schema in SCHEMAS.items():
         if name not in cfg:

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from csetrain.config import ConfigError, require_file, resolve_data_dir
 
+log = logging.getLogger(__name__)
 NLI_COLUMNS = {"sent0": "anchor", "sent1": "positive", "hard_neg": "hard_negative"}
 # NV-Embed's query template (arXiv 2405.17428, §3.3): the task definition, then the query.
 INSTRUCTION_TEMPLATE = "Instruct: {task}\nQuery: "
@@ -25,13 +28,31 @@ def sha256_file(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
+    """The file as UTF-8 text, without a leading byte-order mark (spreadsheet tools write one)."""
+    data = path.read_bytes()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return path.read_text(encoding="utf-8")
+        return data[start:].decode("utf-8")
     except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        offset = start + err.start
+        line = data[:offset].count(b"\n") + 1
         raise ConfigError(
-            f"{path}:{line}: not valid UTF-8 (byte {err.start}); re-encode the file as UTF-8"
+            f"{path}:{line}: not valid UTF-8 (byte {offset}); re-encode the file as UTF-8"
         ) from None
+
+
+def warn_if_repetitive(sentences: list[str], files: list[str]) -> None:
+    """Warn when under half the sentences are distinct: a batch then often pairs a sentence with
+    its own copy as a "negative", and the contrastive loss pushes identical texts apart."""
+    distinct = len(set(sentences))
+    if distinct * 2 < len(sentences):
+        log.warning(
+            "corpus %s has only %d distinct sentences of %d: in-batch negatives will often be "
+            "copies of the positive; deduplicate the file or point data.files at more text",
+            files,
+            distinct,
+            len(sentences),
+        )
 
 
 @dataclass
@@ -109,6 +130,7 @@ class TextLines:
             raise ConfigError(
                 f"corpus {self.files} under {root} has no non-blank lines: point data.files at real text"
             )
+        warn_if_repetitive(sentences, self.files)
         records = [{"anchor": s} for s in sentences]
         return Corpus(self.name, records, self.fields, checksums, self.max_length)
 

@@ -20,6 +20,7 @@ SimCSE reports), with "mean" and "wmean" (size-weighted mean) of per-subset scor
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from csetrain.config import ConfigError, require_file, resolve_data_dir
+from csetrain.config import ConfigError, CsetrainError, require_file, resolve_data_dir
 from csetrain.data.sources import instruction_prefix
 from csetrain.eval.pair_scores import PairScores, TaskPairs
 
@@ -57,23 +58,50 @@ class EvalResult:
     details: dict = field(default_factory=dict)
     pairs: PairScores | None = None  # per-pair cosines, for paired/seed bootstraps
 
+    def __post_init__(self) -> None:
+        """A NaN or infinite score is never a result: it is refused here, by every evaluator."""
+        for key, value in self.metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CsetrainError(
+                    f"evaluation gave {key}={value}: that task's cosines are constant (a collapsed "
+                    "or broken model gives equal embeddings), so they have no correlation"
+                )
+
     def prefixed(self, stage: str) -> dict[str, float]:
         return {f"{stage}/{k}": v for k, v in self.metrics.items()}
 
 
 def read_pairs(path: Path, name: str) -> PairSet:
-    """A `score<TAB>sentence1<TAB>sentence2` file (no quoting: 914 rows contain `"`)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    """A `score<TAB>sentence1<TAB>sentence2` file (no quoting: 914 rows contain `"`); a UTF-8
+    BOM and CRLF line ends are accepted, a gold score that is not a finite number is refused."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not valid UTF-8 ({err.reason}); re-encode the file as UTF-8"
+        ) from None
     if not rows or rows[0][:1] != ["score"]:
         raise ConfigError(f"{path}: expected header 'score<TAB>sentence1<TAB>sentence2'")
     bad = [i + 1 for i, r in enumerate(rows) if len(r) != 3]
     if bad:
         raise ConfigError(f"{path}:{bad[0]}: expected 3 tab-separated fields; fix the file")
     body = rows[1:]
-    return PairSet(
-        name, [r[1] for r in body], [r[2] for r in body], np.array([float(r[0]) for r in body])
-    )
+    gold = [gold_score(path, row, r[0]) for row, r in enumerate(body, start=2)]
+    return PairSet(name, [r[1] for r in body], [r[2] for r in body], np.array(gold))
+
+
+def gold_score(path: Path, row: int, text: str) -> float:
+    """The gold score in row `row` of `path`; NaN or inf would make every correlation NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None:
+        raise ConfigError(f"{path}:{row}: score {text!r} is not a number; fix or delete the row")
+    if not math.isfinite(value):
+        raise ConfigError(f"{path}:{row}: score {text!r} is not finite; fix or delete the row")
+    return value
 
 
 @lru_cache(maxsize=1)

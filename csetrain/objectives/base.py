@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
 from csetrain.eval.diagnostics import effective_negatives
 from csetrain.losses import hard_negative_offset, info_nce, top1_accuracy
@@ -20,6 +22,13 @@ class ObjectiveOutput:
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)  # tensors: `.item()` only when logged
     views: dict[str, Tensor] | None = None  # the embedded views the loss saw (for regularizers)
+
+
+def checked_temperature(value: float, key: str = "objective.temperature") -> float:
+    """`value` if it is a finite number > 0 (logits are divided by it), else a ConfigError."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}={value}: must be a finite number > 0")
+    return value
 
 
 class Objective(nn.Module):
@@ -125,7 +134,7 @@ class InfoNCEObjective(Objective):
         hard_negative_weight: float = 0.0,
     ) -> None:
         super().__init__(miner)
-        self.temperature = temperature
+        self.temperature = checked_temperature(temperature)
         self.hard_negative_weight = hard_negative_weight
 
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:

@@ -19,7 +19,7 @@ from csetrain.losses import info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.negatives.fifo import FIFO
 from csetrain.negatives.in_batch import InBatch
-from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
 from csetrain.runtime import gather_with_grad, rank_and_world
 
 
@@ -165,7 +165,7 @@ class CCP(Objective):
             )
         if bank_size < 0:
             raise ConfigError(f"objective.bank_size={bank_size}: choose 0 (no bank) or more")
-        self.temperature, self.bank_size = temperature, bank_size
+        self.temperature, self.bank_size = checked_temperature(temperature), bank_size
         self.projection_dim, self.bn_momentum = projection_dim, bn_momentum
         self.register_module("head", None)  # built by bind(): its input size is the encoder's
         # keys (K, dim) once bound and their sentence_ids (K,); newest last

@@ -13,7 +13,7 @@ from csetrain.data.collate import Batch
 from csetrain.losses import cosine_matrix, top1_accuracy
 from csetrain.modeling.frozen import FrozenEncoder, field_rows
 from csetrain.negatives.base import NegativeMiner
-from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
 from csetrain.seeding import draw_generator
 
 
@@ -125,7 +125,7 @@ class DebCSE(Objective):
         if not 0.0 <= length_weight <= 1.0:
             raise ConfigError(f"objective.length_weight={length_weight}: choose in [0, 1]")
         self.semantic = FrozenEncoder(semantic_encoder, "objective.semantic_encoder")
-        self.temperature = temperature
+        self.temperature = checked_temperature(temperature)
         self.positive_threshold = positive_threshold
         self.false_negative_threshold = false_negative_threshold
         self.negative_fraction, self.min_propensity = negative_fraction, min_propensity

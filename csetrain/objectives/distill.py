@@ -14,7 +14,7 @@ from csetrain.data.collate import Batch
 from csetrain.losses import cosine_matrix, info_nce, top1_accuracy
 from csetrain.modeling.frozen import FrozenEncoder, field_rows
 from csetrain.negatives.base import NegativeMiner
-from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
 
 
 def masked_mse(student: Tensor, teacher: Tensor, known: Tensor) -> Tensor:
@@ -160,8 +160,7 @@ class Distill(Objective):
                 "(objective.teacher=null objective.scores_file=PATH for precomputed scores)"
             )
         for key, value in (("teacher", teacher_temperature), ("student", student_temperature)):
-            if value <= 0:
-                raise ConfigError(f"objective.{key}_temperature={value}: must be > 0")
+            checked_temperature(value, f"objective.{key}_temperature")
         self.teacher = FrozenEncoder(teacher, "objective.teacher") if teacher is not None else None
         self.scores = PairScores(scores_file, max_length) if scores_file is not None else None
         self.mse_weight, self.kl_weight = mse_weight, kl_weight

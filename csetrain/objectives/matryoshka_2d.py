@@ -16,7 +16,7 @@ from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
 from csetrain.losses import info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
-from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
 from csetrain.seeding import draw_generator
 
 
@@ -82,9 +82,8 @@ class Matryoshka2D(Objective):
         seed: int = 0,
     ) -> None:
         super().__init__(miner)
-        if kl_temperature <= 0:
-            raise ConfigError(f"objective.kl_temperature={kl_temperature}: must be > 0")
-        self.temperature = temperature
+        checked_temperature(kl_temperature, "objective.kl_temperature")
+        self.temperature = checked_temperature(temperature)
         self.dims = list(dims) if dims else None
         self.last_weight, self.layer_weight, self.dim_weight = last_weight, layer_weight, dim_weight
         self.kl_weight, self.kl_temperature, self.seed = kl_weight, kl_temperature, seed

@@ -11,7 +11,7 @@ from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
 from csetrain.losses import cosine_matrix, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
-from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
 
 
 def nt_xent(
@@ -65,7 +65,7 @@ class MirrorBERT(Objective):
         super().__init__(miner)
         if not 0.0 <= drophead < 1.0:
             raise ConfigError(f"objective.drophead={drophead}: choose a probability in [0, 1)")
-        self.temperature, self.drophead = temperature, drophead
+        self.temperature, self.drophead = checked_temperature(temperature), drophead
 
     def embed(self, encoder: nn.Module, batch: Batch) -> dict[str, Tensor]:
         with encoder.drophead(self.drophead):  # padded rows: drophead draws per sentence

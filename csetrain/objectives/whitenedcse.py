@@ -13,10 +13,11 @@ from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
 from csetrain.losses import info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
-from csetrain.objectives.base import Objective, ObjectiveOutput
+from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
 
 # The paper's BERT-base setting: 128 groups of 768 channels = 6 channels per group. With
-# `num_groups: null` we keep that group size for any hidden size (MiniLM's 384 -> 64 groups).
+# `num_groups: null` we keep that group size where it divides the hidden size (MiniLM's 384 -> 64
+# groups) and take the largest smaller one that does elsewhere (the tiny model's 32 -> 4, 8 groups).
 PAPER_GROUP_SIZE = 6
 
 
@@ -93,21 +94,20 @@ class WhitenedCSE(Objective):
         if num_groups is not None and num_groups < 1:
             raise ConfigError(f"objective.num_groups={num_groups}: use a positive divisor of D")
         self.temperature, self.num_pos, self.num_groups, self.eps = (
-            temperature,
+            checked_temperature(temperature),
             num_pos,
             num_groups,
             eps,
         )
 
     def groups_for(self, dim: int) -> int:
-        """The configured group count, checked against the hidden size D."""
+        """The configured group count, checked against the hidden size D; with `num_groups:
+        null`, D / c for c the largest group size <= the paper's 6 that divides D (768 -> 128,
+        384 -> 64, 32 -> 8), so every hidden size gets groups no wider than the paper's."""
         groups = self.num_groups
         if groups is None:
-            if dim % PAPER_GROUP_SIZE:
-                raise ConfigError(
-                    f"objective.num_groups=null needs a hidden size divisible by {PAPER_GROUP_SIZE} (got {dim}): set objective.num_groups to a divisor of {dim}"
-                )
-            groups = dim // PAPER_GROUP_SIZE
+            size = max(c for c in range(1, PAPER_GROUP_SIZE + 1) if dim % c == 0)
+            groups = dim // size
         if dim % groups:
             raise ConfigError(
                 f"objective.num_groups={groups} does not divide the hidden size {dim}: choose a divisor of {dim}"
