@@ -22,7 +22,8 @@ from csetrain.app.reports.plots import (
 )
 from csetrain.app.resume import finished_before, resume_target
 from csetrain.app.settings import config_hash, instantiate, model_option, plain
-from csetrain.app.sweep import parent_run_id
+from csetrain.app.store.retry import TrackingError
+from csetrain.app.sweep import failed_job_recorded, parent_run_id
 from csetrain.checkpoint import Checkpointer, write_text_atomic
 from csetrain.config import ConfigError, Settings
 from csetrain.data.cache import tokenized_dataset
@@ -164,8 +165,9 @@ def run_training(cfg: DictConfig) -> float:
 def train(cfg: DictConfig) -> RunSummary:
     """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
     FINISHED, KILLED (interrupted, resumable) or FAILED whatever happens."""
-    ctx = RunContext.create(cfg, "runs")
-    reports = after_training(cfg)
+    with failed_job_recorded(cfg):  # in a sweep, a job refused here is still a FAILED child
+        ctx = RunContext.create(cfg, "runs")
+        reports = after_training(cfg)
     rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
     wanted_hash = config_hash(cfg)
     in_sweep = sweep_dir()
@@ -191,7 +193,7 @@ def train(cfg: DictConfig) -> RunSummary:
         tracker.set_tags(more_tags)
         selection, metrics = _train_and_test(ctx, components, resumed is not None, reports)
         status = "FINISHED"
-        return ctx.summary(selection, metrics, tracker.run_id)
+        summary = ctx.summary(selection, metrics, tracker.run_id)
     except Interrupted:
         status = "KILLED"
         raise
@@ -199,8 +201,13 @@ def train(cfg: DictConfig) -> RunSummary:
         if rank == 0:
             with_model = ctx.settings.tracking.log_model and status == "FINISHED"
             _log_run_files(tracker, ctx.run_dir, with_model)
-        tracker.finish(status)
+        problem = tracker.finish(status)
+        if problem and status != "FINISHED":  # the run's own error is the one raised
+            print(f"warning: {problem}")
         free_memory()  # multirun jobs in one process start clean
+    if problem:  # trained and tested, but the store does not hold the run whole: not success
+        raise TrackingError(f"{problem}; results are in {ctx.run_dir}")
+    return summary
 
 
 def _train_and_test(
