@@ -3,6 +3,7 @@ in the store; a call the store rejects never blocks the calls behind it; an uplo
 kept truncated fails the command; a store that went away mid-run is completed by `runs sync`;
 two runs creating one new store both succeed."""
 
+import errno
 import json
 import os
 import signal
@@ -222,3 +223,24 @@ def test_two_processes_creating_one_new_store_both_succeed(tmp_path):
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("race").experiment_id
     assert len(client.search_runs([experiment])) == 2
+
+
+def test_full_store_disk_ends_the_run_failed(tmp_path, monkeypatch, mlflow_store):
+    uri = mlflow_store(tmp_path / "mlflow.db")
+    tracker = MlflowTracker(TrackingConfig(uri=uri, experiment="faults"), "full", {}, {})
+    tracker.spill_path = tmp_path / "run" / "unsynced_metrics.jsonl"
+    results = tmp_path / "run" / "eval_results.json"
+    results.parent.mkdir()
+    results.write_text("{}")
+
+    def disk_full(self, run_id, local_file, artifact_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts.StoreCalls, "log_artifact", disk_full)
+    tracker.log_artifact(results)
+    tracker.log_metrics({"train/loss": 0.5}, 1)  # not blocked behind the failed upload
+    problem = tracker.finish("FINISHED", retries=(0.01,))
+    assert problem and "No space left on device" in problem and "ended FAILED" in problem
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "FAILED" and run.data.metrics["train/loss"] == 0.5
+    assert results.read_text() == "{}"  # the local copy is kept

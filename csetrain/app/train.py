@@ -22,7 +22,7 @@ from csetrain.app.reports.plots import (
 )
 from csetrain.app.resume import finished_before, resume_target
 from csetrain.app.settings import config_hash, instantiate, model_option, plain
-from csetrain.app.store.retry import TrackingError
+from csetrain.app.store.tracker import end_run
 from csetrain.app.sweep import failed_job_recorded, parent_run_id
 from csetrain.checkpoint import Checkpointer, write_text_atomic
 from csetrain.config import ConfigError, Settings
@@ -201,12 +201,10 @@ def train(cfg: DictConfig) -> RunSummary:
         if rank == 0:
             with_model = ctx.settings.tracking.log_model and status == "FINISHED"
             _log_run_files(tracker, ctx.run_dir, with_model)
-        problem = tracker.finish(status)
-        if problem and status != "FINISHED":  # the run's own error is the one raised
-            print(f"warning: {problem}")
-        free_memory()  # multirun jobs in one process start clean
-    if problem:  # trained and tested, but the store does not hold the run whole: not success
-        raise TrackingError(f"{problem}; results are in {ctx.run_dir}")
+        try:
+            end_run(tracker, status, ctx.run_dir)  # the store must hold the run whole
+        finally:
+            free_memory()  # multirun jobs in one process start clean
     return summary
 
 

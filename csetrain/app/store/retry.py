@@ -15,6 +15,7 @@ the end of a run waits.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -34,11 +35,14 @@ def first_line(err: Exception) -> str:
 
 
 def is_rejected(err: Exception) -> bool:
-    """True when retrying cannot help: the store answered and refused (HTTP 4xx but 429), or an
-    upload was found incomplete; False for transient failures (network, 5xx, locked database)."""
+    """True when retrying cannot help: the store answered and refused (HTTP 4xx but 429), an
+    upload was found incomplete, or a local store's disk is full or read-only; False for
+    transient failures (network, 5xx, locked database)."""
     from mlflow.exceptions import MlflowException
 
     if getattr(err, "rejected", False):
+        return True
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return True
     if not isinstance(err, MlflowException):
         return False

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from csetrain.app.store.retry import PendingCalls, first_line
+from csetrain.app.store.retry import PendingCalls, TrackingError, first_line
 from csetrain.config import ConfigError, TrackingConfig
 
 MAX_PARAM_LEN = 6000
@@ -230,6 +230,17 @@ class MlflowTracker:
                 f"MLflow run {self.run_id} ended FAILED, the local copy is kept"
             )
         return None
+
+
+def end_run(tracker: Tracker, status: str, run_dir: Path) -> None:
+    """Finish the tracker's run; a run that succeeded but whose end or artifacts the store does
+    not hold fails the command (TrackingError), a run that already failed only warns, so its
+    own error is the one raised."""
+    problem = tracker.finish(status)
+    if problem and status == "FINISHED":
+        raise TrackingError(f"{problem}; results are in {run_dir}")
+    if problem:
+        print(f"warning: {problem}")
 
 
 def make_tracker(
