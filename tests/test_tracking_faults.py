@@ -1,5 +1,6 @@
 """A tracking server that dies mid-run: metrics are buffered and none is lost once it is back;
-one that never comes back leaves a JSON-lines file that `csetrain runs sync` replays."""
+one that never comes back leaves a JSON-lines file (metrics, artifacts, the run's end) that
+`csetrain runs sync` replays, ending the run FINISHED with its model."""
 
 import json
 import os

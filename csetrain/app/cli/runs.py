@@ -164,7 +164,7 @@ def runs_sync(
     ),
     uri: str = URI,
 ) -> None:
-    """Replay metrics that could not reach the tracking store during a run."""
+    """Replay what could not reach the tracking store during a run (metrics, tags, artifacts, its end)."""
     from csetrain.app.store.retry import sync_spilled
 
     if not path.is_file():
