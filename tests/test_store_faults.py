@@ -164,6 +164,10 @@ def test_store_gone_mid_run_is_completed_by_sync(tmp_path, monkeypatch, mlflow_s
     assert problem and "runs sync" in problem
     client = MlflowClient(uri)
     assert client.get_run(tracker.run_id).info.status == "RUNNING"
+    spilled = tracker.spill_path.read_text()
+    down = csetrain_in_process("runs", "sync", str(tracker.spill_path), "--uri", uri)
+    assert down.returncode == 2 and "still unreachable" in down.stderr
+    assert tracker.spill_path.read_text() == spilled  # nothing was sent: everything kept
     monkeypatch.undo()  # the store is back
 
     result = csetrain_in_process("runs", "sync", str(tracker.spill_path), "--uri", uri)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,13 @@ from csetrain.config import CsetrainError
 
 class TrackingError(CsetrainError):
     """The store does not hold a run's end or artifacts: the command must not report success."""
+
+
+def fail_fast_http() -> None:
+    """One quick HTTP retry per call on a dead server (the retry queue retries) instead of
+    MLflow's minutes-long retry loop blocking a training step; a user's own setting wins."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def first_line(err: Exception) -> str:
@@ -131,14 +139,39 @@ class PendingCalls:
 def sync_spilled(uri: str, path: str | Path) -> int:
     """Replay what a tracker that lost its store spilled, in order (metrics, tags, artifacts,
     the run's end; rejected calls are skipped); returns how many metrics were sent. Each run's
-    replay goes through the same queue as a live run, so a rejected upload still ends it FAILED."""
+    replay goes through the same queue as a live run, so a rejected upload still ends it FAILED.
+    If the store is still down, the file keeps only what is unsent: no call is sent twice."""
     from mlflow import MlflowClient
+
+    fail_fast_http()
+    queues, sent = _read_spill(MlflowClient(tracking_uri=uri), Path(path))
+    left = []
+    for run_id, queue in queues.items():
+        calls = len(queue)
+        if not queue.flush():
+            left.append(queue)
+        elif calls:
+            print(f"run {run_id}: {calls} calls replayed")
+    if left:
+        Path(path).write_text("")
+        for queue in left:
+            queue.rejected = []
+            queue.spill(Path(path))
+        raise TrackingError(
+            f"the tracking store at {uri} is still unreachable: what is unsent stays in {path}; "
+            "retry `csetrain runs sync` later"
+        )
+    return sent
+
+
+def _read_spill(client, path: Path) -> tuple[dict[str, PendingCalls], int]:
+    """One queue per run of the spilled calls, metrics regrouped in batches of MLflow's
+    1,000-metric cap; and how many metrics there are."""
     from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri=uri)
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     queues: dict[str, PendingCalls] = {}
-    sent = 0
+    metrics = 0
     for row in rows:
         queue = queues.setdefault(row["run_id"], PendingCalls(client, row["run_id"]))
         if "rejected" in row:
@@ -147,17 +180,10 @@ def sync_spilled(uri: str, path: str | Path) -> int:
             queue.calls.append((row["call"], tuple(row["args"])))
             continue
         metric = Metric(row["key"], row["value"], row["timestamp"], row["step"])
-        if queue.calls and queue.calls[-1][0] == "log_batch" and len(queue.calls[-1][1][0]) < 1000:
-            queue.calls[-1][1][0].append(metric)
+        last = queue.calls[-1] if queue.calls else None
+        if last and last[0] == "log_batch" and len(last[1][0]) < 1000:
+            last[1][0].append(metric)
         else:
             queue.calls.append(("log_batch", ([metric],)))
-        sent += 1
-    for run_id, queue in queues.items():
-        calls = len(queue)
-        if not queue.flush():
-            raise OSError(
-                f"the tracking store at {uri} is still unreachable; nothing was lost, retry later"
-            )
-        if calls:
-            print(f"run {run_id}: {calls} calls replayed")
-    return sent
+        metrics += 1
+    return queues, metrics

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import time
 from pathlib import Path
 from typing import Protocol
 
-from csetrain.app.store.retry import PendingCalls, TrackingError, first_line
+from csetrain.app.store.retry import PendingCalls, TrackingError, fail_fast_http, first_line
 from csetrain.config import ConfigError, TrackingConfig
 
 MAX_PARAM_LEN = 6000
@@ -116,10 +115,7 @@ def connect(cfg: TrackingConfig):
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter on every run
     quiet_http_retries()
-    # Fail fast on a dead server (the retry queue retries) instead of MLflow's minutes-long HTTP
-    # retry loop blocking the training step.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast_http()
     location, db = cfg.artifact_location, None
     if cfg.uri.startswith("sqlite:///"):
         db = Path(cfg.uri.removeprefix("sqlite:///")).expanduser()
