@@ -168,15 +168,15 @@ def train(cfg: DictConfig) -> RunSummary:
     with failed_job_recorded(cfg):  # in a sweep, a job refused here is still a FAILED child
         ctx = RunContext.create(cfg, "runs")
         reports = after_training(cfg)
-    rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
-    wanted_hash = config_hash(cfg)
-    in_sweep = sweep_dir()
-    if in_sweep and (done := finished_before(ctx, wanted_hash)):
-        print(f"skip: this job's config already finished as MLflow run {done.run_id}")
-        return done
-    ctx.run_dir, resumed = resume_target(ctx.settings, ctx.run_dir, wanted_hash)
-    if rank == 0:  # only rank 0 writes: logs, checkpoints, results
-        check_writable(ctx.run_dir)
+        rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
+        wanted_hash = config_hash(cfg)
+        in_sweep = sweep_dir()
+        if in_sweep and (done := finished_before(ctx, wanted_hash)):
+            print(f"skip: this job's config already finished as MLflow run {done.run_id}")
+            return done
+        ctx.run_dir, resumed = resume_target(ctx.settings, ctx.run_dir, wanted_hash)
+        if rank == 0:  # only rank 0 writes: logs, checkpoints, results
+            check_writable(ctx.run_dir)
     tags = ctx.tags(**{"dev_eval.protocol": str(cfg.dev_eval.protocol)}, config_hash=wanted_hash)
     if parent := parent_run_id(in_sweep):
         tags["mlflow.parentRunId"] = parent

@@ -23,7 +23,8 @@ _NOT_IN_KEYS = re.compile(r"[^/\w.\- ]")  # MLflow keys: alphanumerics, _ . - sp
 def store_key(key: str) -> str:
     """A tag or param key as MLflow accepts it, the same for new and resumed runs: Hydra's
     package marker '@' becomes '/' (`choice.eval@dev_eval` -> `choice.eval/dev_eval`), any
-    other character MLflow refuses becomes '_'. Queries of such tags use this same mapping."""
+    other character MLflow refuses becomes '_'. Code that reads such a tag back looks it up by
+    `store_key(name)` (the run tables read only keys this leaves unchanged)."""
     return _NOT_IN_KEYS.sub("_", key.replace("@", "/"))
 
 
@@ -38,6 +39,7 @@ class _AtDebug(logging.Filter):
 
 
 def quiet_http_retries() -> None:
+    """Demote urllib3's per-attempt warnings ("Retrying ... after connection broken") to debug."""
     for name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _AtDebug) for f in logger.filters):
