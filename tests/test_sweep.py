@@ -83,3 +83,18 @@ def test_seed_sweep_parent_holds_seed_statistics(tmp_path):
     assert artifacts == {"seeds/seed_statistics.md", "seeds/seed_statistics.json"}
     table = json.loads(next(tmp_path.glob("out/multirun/*/*/seed_statistics.json")).read_text())
     assert table[key]["method"] == "seeds+pairs"  # the children saved their per-pair cosines
+
+
+def test_jobs_failing_validation_are_failed_children(tmp_path):
+    # refused before a run of their own exists (trainer.lr must be a number): still counted
+    result = _sweep(tmp_path, "trainer.batch_size=8", "trainer.lr=abc,xyz")
+    assert result.returncode != 0 and "trainer.lr" in result.stderr
+    assert "sweep: 0 finished, 2 failed of 2 jobs" in result.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("csetrain.kind") == "sweep")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    failed = [r.info.run_name for r in children if r.info.status == "FAILED"]
+    assert len(failed) == 2 and {"lr=abc" in n for n in failed} == {True, False}
+    assert all("trainer.lr" in r.data.tags["csetrain.error"] for r in children)
+    assert parent.data.metrics["sweep/failed"] == 2 and parent.info.status == "FAILED"

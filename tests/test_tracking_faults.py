@@ -1,6 +1,8 @@
 """A tracking server that dies mid-run: metrics are buffered and none is lost once it is back;
-one that never comes back leaves a JSON-lines file that `csetrain runs sync` replays."""
+one that never comes back leaves a JSON-lines file (metrics, artifacts, the run's end) that
+`csetrain runs sync` replays, ending the run FINISHED with its model."""
 
+import json
 import os
 import signal
 import socket
@@ -16,7 +18,7 @@ from csetrain.app.cli import app
 from csetrain.app.store.tracker import MlflowTracker
 from csetrain.config import TrackingConfig
 
-pytestmark = pytest.mark.slow  # starts a real MLflow server three times (~20 s each)
+pytestmark = pytest.mark.slow  # starts a real MLflow server five times (~20 s each)
 
 
 def _free_port() -> int:
@@ -29,6 +31,7 @@ def _server(store: str, port: int) -> subprocess.Popen:
     pytest.importorskip("flask", reason="needs csetrain[ui] (full mlflow)")
     proc = subprocess.Popen(  # the product's own `csetrain ui` (it execs the MLflow server)
         [sys.executable, "-m", "csetrain", "ui", "--store", store, "--port", str(port)],
+        cwd=store.removeprefix("sqlite:///").rsplit("/", 1)[0],  # its ./mlartifacts beside the db
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: the server forks workers
@@ -77,7 +80,7 @@ def test_server_down_mid_run_loses_no_metric(tmp_path):
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_store_that_never_returns_spills_and_syncs(tmp_path):
+def test_store_that_never_returns_spills_and_syncs(tmp_path, capsys):
     store, port = f"sqlite:///{tmp_path}/store.db", _free_port()
     server = _server(store, port)
     tracker = MlflowTracker(
@@ -87,11 +90,67 @@ def test_store_that_never_returns_spills_and_syncs(tmp_path):
     tracker.log_metrics({"train/loss": 0.5}, 1)
     _kill(server)
     tracker.log_metrics({"train/loss": 0.25, "train/lr": 1e-5}, 2)
-    tracker.finish("FINISHED", retries=(0.1,))
-    assert len(tracker.spill_path.read_text().splitlines()) == 2
+    problem = tracker.finish("FINISHED", retries=(0.1,))
+    assert problem and "runs sync" in problem  # the run's end is not in the store: said so
+    rows = [json.loads(line) for line in tracker.spill_path.read_text().splitlines()]
+    assert [r.get("key", r.get("call")) for r in rows] == [
+        "train/loss",
+        "train/lr",
+        "set_terminated",
+    ]
+    out = capsys.readouterr()
+    assert "Retrying" not in out.out + out.err  # urllib3's retry chatter stays in the debug log
     result = CliRunner().invoke(app, ["runs", "sync", str(tracker.spill_path), "--uri", store])
     assert result.exit_code == 0 and "sent 2 metrics" in result.output
     from mlflow import MlflowClient
 
-    steps = [m.step for m in MlflowClient(store).get_metric_history(tracker.run_id, "train/loss")]
+    client = MlflowClient(store)
+    steps = [m.step for m in client.get_metric_history(tracker.run_id, "train/loss")]
     assert sorted(steps) == [1, 2]
+    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+
+
+def test_server_killed_mid_training_is_finished_by_sync(tmp_path, monkeypatch, mlflow_store):
+    from csetrain.app.store.tracker import MlflowTracker as Tracker
+
+    from .helpers import csetrain_in_process, shared_cache, small_sts
+
+    store, port = mlflow_store(tmp_path / "store.db"), _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    servers = [_server(store, port)]
+    original = Tracker.log_metrics
+
+    def kill_server_at_step_3(self, metrics, step):
+        original(self, metrics, step)
+        if step == 3 and "train/loss" in metrics and servers:
+            _kill(servers.pop())
+
+    monkeypatch.setattr(Tracker, "log_metrics", kill_server_at_step_3)
+    try:
+        result = csetrain_in_process(
+            "train", "experiment=demo", "model=tiny", "trainer.max_steps=6",
+            "trainer.batch_size=8", "trainer.eval_every=3", "trainer.log_every=1",
+            "trainer.progress=false", f"tracking.uri={uri}", f"paths.output_dir={tmp_path}/out",
+            f"paths.data_dir={small_sts()}", f"paths.cache_dir={shared_cache()}",
+        )  # fmt: skip
+        assert result.returncode != 0 and "runs sync" in result.stderr
+        assert "Retrying" not in result.stdout + result.stderr
+        spill = next(tmp_path.glob("out/runs/*/*/unsynced_metrics.jsonl"))
+        servers.append(_server(store, port))
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        run_id = json.loads(spill.read_text().splitlines()[0])["run_id"]
+        assert client.get_run(run_id).info.status == "RUNNING"
+        synced = CliRunner().invoke(app, ["runs", "sync", str(spill), "--uri", uri])
+        assert synced.exit_code == 0, synced.output
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and "test/senteval/stsb/spearman" in run.data.metrics
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+        assert steps == list(range(1, 7))
+        local = spill.parent / "checkpoints" / "best" / "model.safetensors"
+        stored = {a.path: a.file_size for a in client.list_artifacts(run_id, "model")}
+        assert stored["model/model.safetensors"] == local.stat().st_size
+    finally:
+        for server in servers:
+            _kill(server)

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from csetrain.app.context import RunContext, RunSummary
 from csetrain.app.settings import instantiate
+from csetrain.app.store.tracker import end_run
 from csetrain.checkpoint import write_text_atomic
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
@@ -51,4 +52,4 @@ def run_evaluation(cfg: DictConfig) -> RunSummary:
         status = "FINISHED"
         return ctx.summary(result.primary, metrics, tracker.run_id)
     finally:
-        tracker.finish(status)
+        end_run(tracker, status, ctx.run_dir)  # the store must hold the run whole

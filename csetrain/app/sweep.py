@@ -14,6 +14,7 @@ ci_low,ci_high}`, plus `seeds/n` and a table artifact (seeds/seed_statistics.{md
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,6 +53,35 @@ def parent_run_id(sweep_dir: str | None) -> str | None:
         return os.environ[PARENT_ENV]
     marker = Path(sweep_dir) / PARENT_FILE if sweep_dir else None
     return marker.read_text().strip() if marker and marker.is_file() else None
+
+
+@contextlib.contextmanager
+def failed_job_recorded(config: DictConfig):
+    """Around the checks a job runs before it has a run of its own: a job of a sweep that fails
+    them (`-m trainer.lr=1e-5,abc`) is recorded as a FAILED child of the sweep's parent, so the
+    parent counts it, then the error goes on."""
+    try:
+        yield
+    except Exception as err:
+        with contextlib.suppress(Exception):  # recording must never hide the job's own error
+            _record_failed_job(config, err)
+        raise
+
+
+def _record_failed_job(config: DictConfig, err: Exception) -> None:
+    from csetrain.app.compose import hydra_context, sweep_dir
+    from csetrain.app.store.retry import first_line
+    from csetrain.app.store.sweeps import record_failed_child
+
+    sweep = sweep_dir()
+    parent = parent_run_id(sweep) if sweep else None
+    tracking = _tracking(config) if parent else None
+    if tracking is None:
+        return
+    run_dir, _, overrides = hydra_context()
+    name = (",".join(overrides) or "defaults")[:250]
+    tags = {"csetrain.error": first_line(err), "run_dir": str(run_dir or "")}
+    record_failed_child(tracking, parent, name, tags)
 
 
 HEADLINE = re.compile(r"^test/[^/]+/[^/]+/(spearman|spearman_all|cosine_spearman)$")

@@ -22,7 +22,8 @@ from csetrain.app.reports.plots import (
 )
 from csetrain.app.resume import finished_before, resume_target
 from csetrain.app.settings import config_hash, instantiate, model_option, plain
-from csetrain.app.sweep import parent_run_id
+from csetrain.app.store.tracker import end_run
+from csetrain.app.sweep import failed_job_recorded, parent_run_id
 from csetrain.checkpoint import Checkpointer, write_text_atomic
 from csetrain.config import ConfigError, Settings
 from csetrain.data.cache import tokenized_dataset
@@ -165,17 +166,18 @@ def run_training(cfg: DictConfig) -> float:
 def train(cfg: DictConfig) -> RunSummary:
     """Train, select on dev, test the selected checkpoint once; the MLflow run is closed with
     FINISHED, KILLED (interrupted, resumable) or FAILED whatever happens."""
-    ctx = RunContext.create(cfg, "runs")
-    reports = after_training(cfg)
-    rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
-    wanted_hash = config_hash(cfg)
-    in_sweep = sweep_dir()
-    if in_sweep and (done := finished_before(ctx, wanted_hash)):
-        print(f"skip: this job's config already finished as MLflow run {done.run_id}")
-        return done
-    ctx.run_dir, resumed = resume_target(ctx.settings, ctx.run_dir, wanted_hash)
-    if rank == 0:  # only rank 0 writes: logs, checkpoints, results
-        check_writable(ctx.run_dir)
+    with failed_job_recorded(cfg):  # in a sweep, a job refused here is still a FAILED child
+        ctx = RunContext.create(cfg, "runs")
+        reports = after_training(cfg)
+        rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
+        wanted_hash = config_hash(cfg)
+        in_sweep = sweep_dir()
+        if in_sweep and (done := finished_before(ctx, wanted_hash)):
+            print(f"skip: this job's config already finished as MLflow run {done.run_id}")
+            return done
+        ctx.run_dir, resumed = resume_target(ctx.settings, ctx.run_dir, wanted_hash)
+        if rank == 0:  # only rank 0 writes: logs, checkpoints, results
+            check_writable(ctx.run_dir)
     tags = ctx.tags(**{"dev_eval.protocol": str(cfg.dev_eval.protocol)}, config_hash=wanted_hash)
     if parent := parent_run_id(in_sweep):
         tags["mlflow.parentRunId"] = parent
@@ -192,7 +194,7 @@ def train(cfg: DictConfig) -> RunSummary:
         tracker.set_tags(more_tags)
         selection, metrics = _train_and_test(ctx, components, resumed is not None, reports)
         status = "FINISHED"
-        return ctx.summary(selection, metrics, tracker.run_id)
+        summary = ctx.summary(selection, metrics, tracker.run_id)
     except Interrupted:
         status = "KILLED"
         raise
@@ -200,8 +202,11 @@ def train(cfg: DictConfig) -> RunSummary:
         if rank == 0:
             with_model = ctx.settings.tracking.log_model and status == "FINISHED"
             _log_run_files(tracker, ctx.run_dir, with_model)
-        tracker.finish(status)
-        free_memory()  # multirun jobs in one process start clean
+        try:
+            end_run(tracker, status, ctx.run_dir)  # the store must hold the run whole
+        finally:
+            free_memory()  # multirun jobs in one process start clean
+    return summary
 
 
 def _train_and_test(

@@ -164,12 +164,17 @@ def runs_sync(
     ),
     uri: str = URI,
 ) -> None:
-    """Replay metrics that could not reach the tracking store during a run."""
+    """Replay what could not reach the tracking store during a run (metrics, tags, artifacts, its end)."""
     from csetrain.app.store.retry import sync_spilled
 
     if not path.is_file():
         fail(f"{path} not found: it is written in the run dir when a store stays unreachable")
-    typer.echo(f"sent {sync_spilled(uri, path)} metrics to {uri}")
+    from csetrain.config import CsetrainError
+
+    try:
+        typer.echo(f"sent {sync_spilled(uri, path)} metrics to {uri}")
+    except CsetrainError as err:  # the store is still down: nothing was lost, retry later
+        fail(str(err))
 
 
 @app.command()

@@ -1,17 +1,39 @@
-"""Calls to a tracking store that is down or flaky: kept in order, retried, spilled to disk.
+"""Calls to a tracking store that is down, flaky or refuses a call: kept in order, retried,
+spilled to disk, or dropped when refused.
 
-A failed call never stops training nor loses a metric: it waits in the queue and is retried
-(with everything after it, in order) on the next call; `drain` retries with pauses at the end of
-a run, and whatever never reached the store is written as JSON lines for `csetrain runs sync`.
-Ours rather than tenacity: tenacity retries one call by blocking, and a training step must not
-block on a dead store, so retries ride on later calls and only the end of a run waits.
+A call that fails for a transient reason (connection refused, HTTP 5xx, a locked database)
+waits in the queue and is retried, with everything after it and in order, on the next call;
+`drain` retries with pauses at the end of a run, and whatever never reached the store (metrics,
+tags, artifacts, the run's end) is written as JSON lines that `csetrain runs sync` replays.
+A call the store *rejects* (an invalid key, a bad request, an artifact that did not arrive
+whole) would fail the same way forever: it is dropped with one warning line and recorded in
+the spill file, so it never blocks the calls behind it. A run whose artifact was rejected is
+ended FAILED, never FINISHED. Ours rather than tenacity: tenacity retries one call by blocking,
+and a training step must not block on a dead store, so retries ride on later calls and only
+the end of a run waits.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
+
+from csetrain.app.store.artifacts import UPLOADS, StoreCalls
+from csetrain.config import CsetrainError
+
+
+class TrackingError(CsetrainError):
+    """The store does not hold a run's end or artifacts: the command must not report success."""
+
+
+def fail_fast_http() -> None:
+    """One quick HTTP retry per call on a dead server (the retry queue retries) instead of
+    MLflow's minutes-long retry loop blocking a training step; a user's own setting wins."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def first_line(err: Exception) -> str:
@@ -20,12 +42,30 @@ def first_line(err: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
+def is_rejected(err: Exception) -> bool:
+    """True when retrying cannot help: the store answered and refused (HTTP 4xx but 429), an
+    upload was found incomplete, or a local store's disk is full or read-only; False for
+    transient failures (network, 5xx, locked database)."""
+    from mlflow.exceptions import MlflowException
+
+    if getattr(err, "rejected", False):
+        return True
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    if not isinstance(err, MlflowException):
+        return False
+    status = err.get_http_status_code()
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 class PendingCalls:
-    """In-order queue of `client.<call>(run_id, *args)` calls that have not yet succeeded."""
+    """In-order queue of `<call>(run_id, *args)` calls on the store that have not yet succeeded;
+    `rejected` holds the calls the store refused ({call, args, error})."""
 
     def __init__(self, client, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+        self.store, self.run_id = StoreCalls(client), run_id
         self.calls: list[tuple[str, tuple]] = []
+        self.rejected: list[dict] = []
         self.warned = False
 
     def __len__(self) -> int:
@@ -35,13 +75,22 @@ class PendingCalls:
         self.calls.append((call, args))
         self.flush()
 
+    def lost_uploads(self) -> list[dict]:
+        """The rejected artifact uploads: a run with one of these must not end FINISHED."""
+        return [r for r in self.rejected if r["call"] in UPLOADS]
+
     def flush(self) -> bool:
-        """Send the queue in order until one call fails; True when it is empty."""
+        """Send the queue in order until a call fails transiently; True when it is empty."""
         while self.calls:
             call, args = self.calls[0]
+            if call == "set_terminated" and args[0] == "FINISHED" and self.lost_uploads():
+                args = ("FAILED", *args[1:])  # its model or results are not in the store
             try:
-                getattr(self.client, call)(self.run_id, *args)
-            except Exception as err:  # network, HTTP 5xx, locked database: all retried later
+                getattr(self.store, call)(self.run_id, *args)
+            except Exception as err:
+                if is_rejected(err):
+                    self._reject(call, args, err)
+                    continue
                 if not self.warned:
                     print(
                         f"warning: tracking store unreachable ({first_line(err)}); buffering and retrying"
@@ -51,6 +100,13 @@ class PendingCalls:
             self.calls.pop(0)
         return True
 
+    def _reject(self, call: str, args: tuple, err: Exception) -> None:
+        """Drop the head call the store refused, with one warning line, and record it."""
+        self.calls.pop(0)
+        shown = [a for a in args if isinstance(a, str)][:2]
+        self.rejected.append({"call": call, "args": shown, "error": first_line(err)})
+        print(f"warning: the tracking store rejected {call} {shown} ({first_line(err)}); dropped")
+
     def drain(self, pauses: tuple[float, ...]) -> bool:
         """Flush, sleeping each pause between attempts; True when everything reached the store."""
         for pause in pauses:
@@ -59,34 +115,75 @@ class PendingCalls:
             time.sleep(pause)
         return self.flush()
 
-    def spill(self, target: Path) -> int:
-        """Append the metrics that never reached the store to `target`; returns how many."""
-        rows = [
-            {"run_id": self.run_id, "key": m.key, "value": m.value, "step": m.step,
-             "timestamp": m.timestamp}
-            for call, args in self.calls
-            if call == "log_batch"
-            for m in args[0]
-        ]  # fmt: skip
+    def spill(self, target: Path) -> tuple[int, int]:
+        """Append every call that never reached the store, in order, and every rejected call to
+        `target`; returns (metrics, other calls) written for replay."""
+        rows, metrics = [], 0
+        for call, args in self.calls:
+            if call == "log_batch":
+                rows += [
+                    {"run_id": self.run_id, "key": m.key, "value": m.value, "step": m.step,
+                     "timestamp": m.timestamp}
+                    for m in args[0]
+                ]  # fmt: skip
+                metrics += len(args[0])
+            else:
+                rows.append({"run_id": self.run_id, "call": call, "args": list(args)})
+        rows += [{"run_id": self.run_id, "rejected": r} for r in self.rejected]
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
-        return len(rows)
+        return metrics, len(self.calls) - sum(c == "log_batch" for c, _ in self.calls)
 
 
 def sync_spilled(uri: str, path: str | Path) -> int:
-    """Replay metrics written by a tracker that lost its store; returns how many were sent."""
+    """Replay what a tracker that lost its store spilled, in order (metrics, tags, artifacts,
+    the run's end; rejected calls are skipped); returns how many metrics were sent. Each run's
+    replay goes through the same queue as a live run, so a rejected upload still ends it FAILED.
+    If the store is still down, the file keeps only what is unsent: no call is sent twice."""
     from mlflow import MlflowClient
+
+    fail_fast_http()
+    queues, sent = _read_spill(MlflowClient(tracking_uri=uri), Path(path))
+    left = []
+    for run_id, queue in queues.items():
+        calls = len(queue)
+        if not queue.flush():
+            left.append(queue)
+        elif calls:
+            print(f"run {run_id}: {calls} calls replayed")
+    if left:
+        Path(path).write_text("")
+        for queue in left:
+            queue.rejected = []
+            queue.spill(Path(path))
+        raise TrackingError(
+            f"the tracking store at {uri} is still unreachable: what is unsent stays in {path}; "
+            "retry `csetrain runs sync` later"
+        )
+    return sent
+
+
+def _read_spill(client, path: Path) -> tuple[dict[str, PendingCalls], int]:
+    """One queue per run of the spilled calls, metrics regrouped in batches of MLflow's
+    1,000-metric cap; and how many metrics there are."""
     from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri=uri)
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    by_run: dict[str, list] = {}
-    for r in rows:
-        by_run.setdefault(r["run_id"], []).append(
-            Metric(r["key"], r["value"], r["timestamp"], r["step"])
-        )
-    for run_id, metrics in by_run.items():
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[start : start + 1000])
-    return len(rows)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    queues: dict[str, PendingCalls] = {}
+    metrics = 0
+    for row in rows:
+        queue = queues.setdefault(row["run_id"], PendingCalls(client, row["run_id"]))
+        if "rejected" in row:
+            continue
+        if "call" in row:
+            queue.calls.append((row["call"], tuple(row["args"])))
+            continue
+        metric = Metric(row["key"], row["value"], row["timestamp"], row["step"])
+        last = queue.calls[-1] if queue.calls else None
+        if last and last[0] == "log_batch" and len(last[1][0]) < 1000:
+            last[1][0].append(metric)
+        else:
+            queue.calls.append(("log_batch", ([metric],)))
+        metrics += 1
+    return queues, metrics

@@ -23,6 +23,15 @@ def open_parent_run(cfg: TrackingConfig, name: str, sweep_key: str, tags: dict[s
     return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
 
+def record_failed_child(cfg: TrackingConfig, parent_id: str, name: str, tags: dict[str, str]):
+    """A sweep job refused before it could start its own run, as a FAILED child of the parent."""
+    client, experiment_id = connect(cfg)
+    run = client.create_run(
+        experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_id}
+    )
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
 def child_runs(cfg: TrackingConfig, parent_id: str) -> list[dict]:
     """The runs of a sweep, as plain dicts (store/queries.as_dict)."""
     client, experiment_id = connect(cfg)
