@@ -247,3 +247,21 @@ def test_constant_embeddings_fail_the_evaluation():
     with pytest.raises(CsetrainError, match=r"evaluation gave senteval/stsb/spearman=nan"):
         sts.score(unique, torch.ones(len(unique), 4))
     assert math.isfinite(sts.score(unique, torch.randn(len(unique), 4)).primary)
+
+
+@pytest.mark.parametrize(
+    ("extra", "bad_file", "pattern"),
+    [
+        (["eval.protocol=bogus"], False, r"eval\.protocol='bogus' is unknown"),
+        ([], True, r"test\.tsv:5: score 'four-ish' is not a number"),
+    ],
+)
+def test_bad_final_eval_fails_before_the_first_step(tmp_path, extra, bad_file, pattern):
+    """The test evaluator is built before training: nothing is trained, saved or lost."""
+    edit = (lambda lines: _score(lines, 5, "four-ish")) if bad_file else None
+    pack = _sts_pack(tmp_path, edit) if edit else _copy_pack(tmp_path)
+    args = [*_eval_args(tmp_path, pack), "experiment=demo", "trainer.max_steps=2"]
+    result = csetrain_in_process("train", *args, "trainer.batch_size=8", *extra)
+    _one_error_line(result, pattern)
+    out = tmp_path / "out"
+    assert not list(out.rglob("checkpoints")) and not list(out.rglob("metrics.jsonl"))

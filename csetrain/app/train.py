@@ -170,6 +170,9 @@ def train(cfg: DictConfig) -> RunSummary:
         ctx = RunContext.create(cfg, "runs")
         reports = after_training(cfg)
         rank, _ = init_distributed()  # torchrun: join the group; one process: (0, 1)
+        # Built (its data read and checked) before any model loads or step runs, so a bad
+        # eval setting or file fails now, not after training and its resume state are gone.
+        tester = instantiate(cfg.eval) if rank == 0 else None
         wanted_hash = config_hash(cfg)
         in_sweep = sweep_dir()
         if in_sweep and (done := finished_before(ctx, wanted_hash)):
@@ -192,7 +195,7 @@ def train(cfg: DictConfig) -> RunSummary:
         components, more_tags = build(cfg, ctx.settings, ctx.run_dir, tracker)
         components.meta = {"config_hash": wanted_hash, "run_id": tracker.run_id}
         tracker.set_tags(more_tags)
-        selection, metrics = _train_and_test(ctx, components, resumed is not None, reports)
+        selection, metrics = _train_and_test(ctx, components, tester, resumed is not None, reports)
         status = "FINISHED"
         summary = ctx.summary(selection, metrics, tracker.run_id)
     except Interrupted:
@@ -210,7 +213,7 @@ def train(cfg: DictConfig) -> RunSummary:
 
 
 def _train_and_test(
-    ctx: RunContext, c: Components, resume: bool, reports: list[str]
+    ctx: RunContext, c: Components, tester, resume: bool, reports: list[str]
 ) -> tuple[float, dict[str, float]]:
     """Fit, then (rank 0) test the selected checkpoint and write the run's reports."""
     cfg, run_dir = ctx.cfg, ctx.run_dir
@@ -231,7 +234,7 @@ def _train_and_test(
     if fitted.best_step < 0:  # no dev evaluation configured: the last model is the result
         c.checkpointer.save_best(c.encoder, fitted.steps, "last", float("nan"))
     best = c.checkpointer.load_best(c.runtime.device)  # test what was saved, exactly
-    test_result = instantiate(cfg.eval)(best)
+    test_result = tester(best)
     test_metrics = test_result.prefixed("test")
     c.tracker.log_metrics(test_metrics, fitted.best_step)
     dev_label = f"eval/{c.evaluator.protocol}/{c.evaluator.label(c.evaluator.tasks[0])}"
