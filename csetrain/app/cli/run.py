@@ -63,6 +63,25 @@ def rank_args(args: list[str]) -> list[str]:
     ]
 
 
+HYDRA_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def check_hydra_dirs(args: list[str]) -> None:
+    """An overridden Hydra run or sweep dir that cannot be written fails in one line naming the
+    key, before Hydra tries to create it (and raises a traceback)."""
+    from csetrain.app.context import check_writable
+    from csetrain.config import ConfigError
+
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key not in HYDRA_DIR_KEYS or not value or "$" in value:
+            continue  # an interpolation is resolved (and checked) by paths.output_dir
+        try:
+            check_writable(Path(value), min_free=0)
+        except ConfigError:
+            fail(f"{key}={value} is not a writable directory: set {key} to one (or drop it)")
+
+
 def run_command(command: str, config_name: str, args: list[str], job, json_out: bool) -> None:
     """Shared body of `train` and `eval`: validate, run through Hydra, report."""
     from csetrain.app.compose import is_sweep, run_hydra
@@ -78,6 +97,7 @@ def run_command(command: str, config_name: str, args: list[str], job, json_out: 
             check_writable(Path(validate_settings(cfg).paths.output_dir))
         except ConfigError as err:
             fail(str(err))
+    check_hydra_dirs(args)
     results, errors = [], []
 
     def task(cfg):
