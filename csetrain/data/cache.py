@@ -3,12 +3,14 @@ everything that changes the tokens: file checksums, tokenizer, truncation length
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
+from csetrain.config import ConfigError
 from csetrain.data.sources import Corpus
 
 
@@ -62,9 +64,27 @@ def tokenized_dataset(corpus: Corpus, tokenizer, cache_dir: str | Path):
     ds = ds.map(tokenize, batched=True, batch_size=2000, desc="tokenize")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    ds.save_to_disk(str(tmp))
+    save(ds, tmp, Path(cache_dir))
     try:
         tmp.rename(target)  # atomic: a killed run never leaves a half-written cache entry
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(target))
+
+
+def save(ds, tmp: Path, cache_dir: Path) -> None:
+    """Write `ds` into the temp folder `tmp`; on any failure the folder is removed, so no
+    partial Arrow file is left behind, and a full disk is one line naming the cache dir."""
+    try:
+        ds.save_to_disk(str(tmp))
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = isinstance(err, OSError) and (
+            err.errno == errno.ENOSPC or "No space left on device" in str(err)
+        )
+        if full:  # pyarrow's write errors carry the reason in the text, not always in errno
+            raise ConfigError(
+                f"no space left in the tokenization cache {cache_dir}: free space there "
+                "or set paths.cache_dir to a disk with room"
+            ) from None
+        raise
