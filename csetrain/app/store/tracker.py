@@ -122,10 +122,28 @@ def connect(cfg: TrackingConfig):
     if cfg.uri.startswith("sqlite:///"):
         db = Path(cfg.uri.removeprefix("sqlite:///")).expanduser()
         db.parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_file(db)
         location = location or (db.resolve().parent / "mlartifacts").as_uri()
     with _store_lock(db):
         client = MlflowClient(tracking_uri=cfg.uri)
         return client, _experiment_id(client, cfg.experiment, location)
+
+
+def check_sqlite_file(db: Path) -> None:
+    """An existing store file that is not SQLite (garbage, a truncated copy) is one line naming
+    it, instead of SQLAlchemy's traceback; an empty or missing file is a new store."""
+    try:
+        with db.open("rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise ConfigError(f"cannot read the MLflow store {db} ({err.strerror})") from None
+    if head and head != b"SQLite format 3\x00":
+        raise ConfigError(
+            f"{db} is not an SQLite database (corrupt or not an MLflow store): "
+            "point the tracking URI at an MLflow store, or move the file away to start a new one"
+        )
 
 
 def _experiment_id(client, name: str, location: str | None) -> str:
