@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from csetrain.app.store.artifacts import UPLOADS, StoreCalls
-from csetrain.config import CsetrainError
+from csetrain.config import ConfigError, CsetrainError
 
 
 class TrackingError(CsetrainError):
@@ -169,7 +169,7 @@ def _read_spill(client, path: Path) -> tuple[dict[str, PendingCalls], int]:
     1,000-metric cap; and how many metrics there are."""
     from mlflow.entities import Metric
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = spilled_rows(path)
     queues: dict[str, PendingCalls] = {}
     metrics = 0
     for row in rows:
@@ -187,3 +187,38 @@ def _read_spill(client, path: Path) -> tuple[dict[str, PendingCalls], int]:
             queue.calls.append(("log_batch", ([metric],)))
         metrics += 1
     return queues, metrics
+
+
+SPILL_KEYS = (("rejected",), ("call", "args"), ("key", "value", "timestamp", "step"))
+
+
+def spilled_rows(path: Path) -> list[dict]:
+    """Every row of a spill file, all checked before anything is sent: a line that is not JSON,
+    or not a row a tracker writes, is one error `FILE:LINE: ...` and nothing is replayed."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {err.start}); nothing was sent") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(
+                f"{where}: not valid JSON ({err.msg}, column {err.colno}): fix or delete that "
+                "line; nothing was sent"
+            ) from None
+        if not (
+            isinstance(row, dict)
+            and "run_id" in row
+            and any(all(k in row for k in keys) for keys in SPILL_KEYS)
+        ):
+            raise ConfigError(
+                f"{where}: not a row a run spills (needs run_id and a metric, call or "
+                "rejected entry): fix or delete that line; nothing was sent"
+            )
+        rows.append(row)
+    return rows
