@@ -40,16 +40,19 @@ def _store_exists(uri: str) -> bool:
 
 def _resolve(uri: str, experiment: str, ref: str) -> dict:
     """A run by id or id prefix (as `runs list` prints it), or by its run dir."""
-    from csetrain.app.store.queries import read_run, read_runs
+    from csetrain.app.store.queries import read_run, runs_tagged
     from csetrain.config import ConfigError
 
     if Path(ref).is_dir():  # the store's run for that dir if there is one, else its own files
         from csetrain.app.reports.tables import local_run
 
         folder = Path(ref).resolve()
-        logged = (
-            read_runs(uri, experiment, f"tags.run_dir = '{folder}'") if _store_exists(uri) else []
-        )
+        try:
+            logged = (
+                runs_tagged(uri, experiment, "run_dir", str(folder)) if _store_exists(uri) else []
+            )
+        except ConfigError as err:
+            fail(str(err))
         return logged[0] if logged else local_run(folder)
     matches = [r for r in _read_runs(uri, experiment) if r["id"].startswith(ref)]
     if len(matches) == 1:

@@ -53,6 +53,23 @@ def read_runs(
     return [as_dict(r) for r in runs]
 
 
+def quoted(value: str) -> str | None:
+    """`value` as an MLflow filter-string literal, or None when it holds both quote kinds (MLflow's
+    filter syntax has no escape character)."""
+    if "'" not in value:
+        return f"'{value}'"
+    return f'"{value}"' if '"' not in value else None
+
+
+def runs_tagged(uri: str, experiment: str, key: str, value: str) -> list[dict]:
+    """Runs whose tag `key` is exactly `value` (any characters), newest first."""
+    literal = quoted(value)
+    if literal is not None:
+        return read_runs(uri, experiment, f"tags.`{key}` = {literal}")
+    runs = read_runs(uri, experiment, max_results=50000)
+    return [r for r in runs if r["tags"].get(key) == value]
+
+
 def read_run(uri: str, run_id: str) -> dict:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
