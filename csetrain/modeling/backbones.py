@@ -108,12 +108,14 @@ def from_pretrained(name_or_path: str, dropout: float | None = None) -> Backbone
     the id is not cached. Remote code is never run (`trust_remote_code=False`, no prompt), and
     weights are read from safetensors only (a pickled `pytorch_model.bin` is refused)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        tokenizer = load_tokenizer(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
         set_dropout(config, dropout)
         model = AutoModel.from_pretrained(
             name_or_path, config=config, use_safetensors=True, **model_kwargs(config)
         )
+    except ConfigError:
+        raise
     except SafetensorError as err:
         raise ConfigError(
             f"{name_or_path}: its model.safetensors is corrupt or truncated ({err}); "
@@ -126,6 +128,31 @@ def from_pretrained(name_or_path: str, dropout: float | None = None) -> Backbone
             "folder or a hub id you have cached, or use model=minilm-l6 offline"
         ) from None
     return Backbone(model=model, tokenizer=tokenizer, source=str(name_or_path))
+
+
+def load_tokenizer(name_or_path: str):
+    """The checkpoint's tokenizer; a local tokenizer.json that does not parse (truncated, not
+    JSON, not a tokenizer) is one line naming the file, whatever the library raised."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except Exception:
+        file = Path(name_or_path) / "tokenizer.json"
+        if not file.is_file():
+            raise
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(file))
+        except Exception as err:
+            logger.debug("loading the tokenizer of %s failed", name_or_path, exc_info=True)
+            cause = (
+                str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            )
+            raise ConfigError(
+                f"{file} is corrupt or not a tokenizer file ({cause}): re-save the tokenizer "
+                "or re-download the model"
+            ) from None
+        raise
 
 
 def _extract_minilm(members: tuple[str, ...] | None) -> Path:
