@@ -367,6 +367,7 @@ def test_the_roles_decide_which_objectives_can_train(tmp_path):
         "data=files",
         f"data.path={path}",
         "tracking=none",
+        "eval=stsb_test",  # the small STS pack holds STS-B only
         f"paths.output_dir={tmp_path}/out",
         f"paths.data_dir={small_sts()}",
     )
