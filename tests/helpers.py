@@ -91,3 +91,22 @@ def shared_cache():
     it once (both caches are keyed by content: corpus and tokenizer; weights and eval config)."""
     assert _small_sts, "the session fixture _small_sts_pack has not run"
     return _small_sts[0] / "cache"
+
+
+def sigterm_at_step(monkeypatch, step: int = 3):
+    """Deliver a real SIGTERM to this process once the run logs `step`'s training loss (from
+    inside the tracker, so mid-run); returns a function that takes the patch back out."""
+    import os
+    import signal
+
+    from csetrain.app.store.tracker import MlflowTracker
+
+    original = MlflowTracker.log_metrics
+
+    def kill_at_step(self, metrics, at):
+        original(self, metrics, at)
+        if at == step and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step)
+    return lambda: monkeypatch.setattr(MlflowTracker, "log_metrics", original)

@@ -5,7 +5,6 @@ loss is the mean of two masked InfoNCE directions, and it trains end to end."""
 import json
 import math
 import os
-import signal
 
 import pytest
 import torch
@@ -267,26 +266,19 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, mlflow_
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
-    from csetrain.app.store.tracker import MlflowTracker
     from csetrain.app.train import train
     from csetrain.loop import Interrupted
 
+    from .helpers import sigterm_at_step
     from .test_resume import _cfg
 
     mlflow_store(tmp_path / "mlflow.db")  # the store _cfg names, empty
     extra = ["objective=ccp", "data=sample_neighbours", "objective.bank_size=20"]
     straight = train(_cfg(tmp_path, "straight", extra))
-    original = MlflowTracker.log_metrics
-
-    def kill_at_step_3(self, metrics, step):
-        original(self, metrics, step)
-        if step == 3 and "train/loss" in metrics:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
+    restore = sigterm_at_step(monkeypatch, 3)
     with pytest.raises(Interrupted, match="after step 3"):
         train(_cfg(tmp_path, "resumed", extra))
-    monkeypatch.setattr(MlflowTracker, "log_metrics", original)
+    restore()
     resumed = train(_cfg(tmp_path, "resumed", [*extra, "trainer.resume=auto"]))
 
     def weights(summary):

@@ -7,19 +7,17 @@ and thread count), and the resumed run restores weights, optimizer, scheduler an
 exactly, so no summation order differs between the two."""
 
 import os
-import signal
 
 import pytest
 from mlflow import MlflowClient
 from safetensors.torch import load_file
 
-from csetrain.app.store.tracker import MlflowTracker
 from csetrain.app.train import train
 from csetrain.checkpoint import Checkpointer
 from csetrain.config import ConfigError
 from csetrain.loop import Interrupted
 
-from .helpers import shared_cache, small_sts
+from .helpers import shared_cache, sigterm_at_step, small_sts
 from .test_config import _compose
 
 
@@ -59,17 +57,10 @@ def _weights(summary):
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch, objective):
     straight = train(_cfg(tmp_path, "straight", [f"objective={objective}"]))
 
-    original = MlflowTracker.log_metrics
-
-    def kill_at_step_3(self, metrics, step):  # a real SIGTERM, delivered mid-run
-        original(self, metrics, step)
-        if step == 3 and "train/loss" in metrics:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
+    restore = sigterm_at_step(monkeypatch, 3)  # a real SIGTERM, delivered mid-run
     with pytest.raises(Interrupted, match="after step 3"):
         train(_cfg(tmp_path, "resumed", [f"objective={objective}"]))
-    monkeypatch.setattr(MlflowTracker, "log_metrics", original)
+    restore()
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("csetrain-demo").experiment_id

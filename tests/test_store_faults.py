@@ -6,7 +6,6 @@ two runs creating one new store both succeed."""
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from csetrain.app.store import artifacts
 from csetrain.app.store.tracker import MlflowTracker, store_key
 from csetrain.config import TrackingConfig
 
-from .helpers import csetrain_in_process, shared_cache, small_sts
+from .helpers import csetrain_in_process, shared_cache, sigterm_at_step, small_sts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,17 +61,10 @@ def test_key_mapping_is_what_mlflow_accepts():
 
 def test_sigterm_then_resume_ends_finished_with_the_model(tmp_path, monkeypatch, mlflow_store):
     mlflow_store(tmp_path / "mlflow.db")
-    original = MlflowTracker.log_metrics
-
-    def kill_at_step_3(self, metrics, step):  # a real SIGTERM, delivered mid-run
-        original(self, metrics, step)
-        if step == 3 and "train/loss" in metrics:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step_3)
+    restore = sigterm_at_step(monkeypatch, 3)  # a real SIGTERM, delivered mid-run
     killed = _train(tmp_path, "trainer.resume=auto")
     assert killed.returncode != 0
-    monkeypatch.setattr(MlflowTracker, "log_metrics", original)
+    restore()
     client, runs = _runs(tmp_path)
     assert [r.info.status for r in runs] == ["KILLED"]
 
