@@ -72,7 +72,7 @@ def test_mlflow_only_in_the_run_store():
 
 
 def test_mteb_only_in_its_evaluator():
-    assert importers("mteb") == {"csetrain/eval/mteb.py"}
+    assert importers("mteb") == {"csetrain/eval/mteb.py", "csetrain/eval/mteb_encoder.py"}
 
 
 def test_torch_cuda_only_in_runtime():

@@ -89,7 +89,7 @@ def score_start(eval_cfg, encoder, run_dir: Path, cache_dir: Path) -> dict[str, 
     (seeds, learning rates) score it once; two different start models never share an entry.
     """
     from csetrain.app.settings import instantiate, plain
-    from csetrain.eval.mteb import fingerprint
+    from csetrain.eval.mteb_encoder import fingerprint
 
     if not eval_cfg.get("compare_initial", False):
         return None
