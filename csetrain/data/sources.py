@@ -66,6 +66,9 @@ class Corpus:
     max_length: int = 32  # training truncation in tokens (SimCSE's max_seq_length)
     instruction: str | None = None  # the task its anchors are prefixed with (see load_corpus)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)  # more run tags (data.*)
+    # The prompts its training texts carried, by sentence-transformers prompt name ("query": the
+    # instruction prefix); an exported model saves them so encode(prompt_name=...) matches.
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def instruction_prefix(task: str) -> str:
@@ -89,7 +92,9 @@ def load_corpus(source, instruction: str | None = None) -> Corpus:
         raise ConfigError(f"data.instruction={instruction!r}: give the task definition as a string")
     prefix = instruction_prefix(instruction)
     records = [{**r, "anchor": prefix + r["anchor"]} for r in corpus.records]
-    return dataclasses.replace(corpus, records=records, instruction=instruction)
+    return dataclasses.replace(
+        corpus, records=records, instruction=instruction, prompts={"query": prefix}
+    )
 
 
 class TextLines:
