@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModel
 
 from csetrain.config import ConfigError
+from csetrain.modeling.attention_mask import additive_mask, allowed_keys, is_decoder, positions
 from csetrain.modeling.backbones import (
     Backbone,
     bert_uncased_tokenizer,
@@ -33,11 +34,6 @@ from csetrain.modeling.backbones import (
 
 ATTENTION = ("causal", "bidirectional")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def is_decoder(transformer) -> bool:
-    """Whether the backbone's attention is causal by construction (decoder-only models)."""
-    return any(getattr(m, "is_causal", False) is True for m in transformer.modules())
 
 
 def check_attention(transformer, attention: str | None) -> str | None:
@@ -56,31 +52,11 @@ def check_attention(transformer, attention: str | None) -> str | None:
     return attention
 
 
-def positions(attention_mask: Tensor) -> Tensor:
-    """Position ids counted over real tokens (0 at each row's first), so left padding shifts
-    nothing: (N, L) -> (N, L) long; padding slots get 0."""
-    return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
-
-
-def allowed_keys(attention_mask: Tensor, causal: bool, segments: Tensor | None = None) -> Tensor:
-    """(N, 1, L, L) bool: may query i attend to key j. Keys must be real tokens, of the same
-    segment (packing; None = one per row) and, if causal, not later than i. Every query also
-    sees itself, so a padding row is never fully masked (NaN in softmax)."""
-    n, length = attention_mask.shape
-    real = attention_mask.bool()
-    allowed = real[:, None, :].expand(n, length, length)  # (N, Lq, Lk): key is real
-    if segments is not None:
-        allowed = allowed & (segments[:, :, None] == segments[:, None, :])
-    if causal:
-        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=real.device).tril()
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=real.device)
-    return allowed.unsqueeze(1)
-
-
-def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """Bool (N, 1, L, L) -> the additive float mask eager and SDPA attention both take."""
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return zero.masked_fill(~allowed, torch.finfo(dtype).min)
+def forward_kwargs(transformer, attention_mask: Tensor, attention: str | None) -> dict:
+    """The mask (and for a decoder, position) kwargs of one padded forward of `transformer`."""
+    if not is_decoder(transformer):
+        return {"attention_mask": attention_mask}
+    return decoder_inputs(transformer, attention_mask, attention)
 
 
 def decoder_inputs(
