@@ -127,3 +127,33 @@ def test_attention_setting_is_checked():
 
     with pytest.raises(ConfigError, match="bidirectional encoder"):
         SentenceEncoder(tiny(), attention="causal")
+
+
+@pytest.mark.parametrize(
+    "attention,pooler,side",
+    [
+        ("causal", "last_token", "left"),
+        ("bidirectional", "mean", "right"),
+        ("bidirectional", "last_token", "left"),
+    ],
+)
+def test_exported_decoder_gives_the_same_embeddings_in_sentence_transformers(
+    tmp_path, attention, pooler, side
+):
+    from sentence_transformers import SentenceTransformer
+
+    from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
+
+    texts = ["a cat sat on the mat", "hello", "the dog barked at the postman today"]
+    backbone = tiny_decoder(dropout=0.0, padding_side=side)
+    encoder = SentenceEncoder(backbone, pooler=pooler, attention=attention).eval()
+    ours = encoder.encode(texts)
+    save_sentence_transformer(encoder, tmp_path / "model")
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert st.tokenizer.padding_side == side
+    for batch in (texts, texts[:1]):  # padded, and one text alone (no mask at all)
+        theirs = torch.from_numpy(st.encode(batch))
+        torch.testing.assert_close(theirs, ours[: len(batch)], rtol=0, atol=1e-5)
+    reloaded = load_sentence_encoder(tmp_path / "model")
+    assert reloaded.attention == attention
+    torch.testing.assert_close(reloaded.encode(texts), ours, rtol=0, atol=1e-6)

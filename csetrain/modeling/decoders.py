@@ -142,3 +142,17 @@ def pretrained_decoder(
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     return backbone
+
+
+def hf_decoder(
+    name_or_path: str,
+    dtype: str = "fp32",
+    padding_side: str | None = None,
+    dropout: float | None = None,
+    **encoder_settings,
+):
+    """`model=hf_decoder model.name_or_path=...`: a SentenceEncoder on any AutoModel decoder."""
+    from csetrain.modeling.encoder import SentenceEncoder
+
+    backbone = pretrained_decoder(name_or_path, dtype, padding_side, dropout)
+    return SentenceEncoder(backbone, **encoder_settings)
