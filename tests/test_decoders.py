@@ -127,6 +127,9 @@ def test_attention_setting_is_checked():
 
     with pytest.raises(ConfigError, match="bidirectional encoder"):
         SentenceEncoder(tiny(), attention="causal")
+    with pytest.raises(ConfigError, match="first token sees only itself"):
+        decoder(pooler="cls")
+    decoder(pooler="cls", attention="bidirectional")  # its first token sees the sentence
 
 
 @pytest.mark.parametrize(

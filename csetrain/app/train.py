@@ -109,6 +109,8 @@ def build(
     trainer = settings.trainer
     runtime = Runtime(trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
+    if trainer.gradient_checkpointing:
+        encoder.checkpoint_activations()
     objective = build_objective(cfg, runtime).to(runtime.device)
     corpus = load_data(cfg.data)
     check_fields(objective, corpus)

@@ -52,6 +52,17 @@ def check_attention(transformer, attention: str | None) -> str | None:
     return attention
 
 
+def check_decoder_pooler(transformer, attention: str | None, pooler: str) -> None:
+    """A causal decoder's first token has seen only itself: CLS pooling would give every
+    sentence the same vector."""
+    if pooler in ("cls",) and is_decoder(transformer) and attention != "bidirectional":
+        raise ConfigError(
+            f"model.pooler={pooler}: a causal decoder's first token sees only itself (every "
+            "sentence would embed alike); use model.pooler=last_token or mean, or "
+            "model.attention=bidirectional"
+        )
+
+
 def forward_kwargs(transformer, attention_mask: Tensor, attention: str | None) -> dict:
     """The mask (and for a decoder, position) kwargs of one padded forward of `transformer`."""
     if not is_decoder(transformer):

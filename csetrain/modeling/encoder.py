@@ -12,8 +12,9 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
-from csetrain.modeling.decoders import check_attention, forward_kwargs
+from csetrain.modeling.decoders import check_attention, check_decoder_pooler, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
+from csetrain.modeling.lora import add_lora
 from csetrain.modeling.momentum import MomentumEncoder
 from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
@@ -67,9 +68,8 @@ class SentenceEncoder(nn.Module):
         self.pooler = check_pooler(pooler)
         # Decoders: causal (their own) or bidirectional attention (modeling/decoders.py).
         self.attention = check_attention(self.transformer, attention)
+        check_decoder_pooler(self.transformer, self.attention, self.pooler)
         if lora:  # low-rank adapters; only they (and pooler/head) train (modeling/lora.py)
-            from csetrain.modeling.lora import add_lora
-
             self.transformer = add_lora(self.transformer, lora)
         self.mlp_head = mlp_head
         config = self.transformer.config
@@ -253,6 +253,11 @@ class SentenceEncoder(nn.Module):
         """torch.compile the transformer in place (state-dict keys unchanged, so checkpoints and
         exports are the same as uncompiled); batch shapes vary with dynamic padding."""
         self.transformer.compile(dynamic=True)
+
+    def checkpoint_activations(self) -> None:
+        """`trainer.gradient_checkpointing`: non-reentrant (frozen LoRA embeddings need no input
+        gradients); the recompute restores the RNG, so dropout masks (and GradCache) agree."""
+        self.transformer.gradient_checkpointing_enable({"use_reentrant": False})
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""
