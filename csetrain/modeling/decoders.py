@@ -36,8 +36,10 @@ ATTENTION = ("causal", "bidirectional")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_attention(transformer, attention: str | None) -> str | None:
-    """`model.attention` for this backbone: None = the architecture's own."""
+def check_attention(transformer, attention: str | None, pooler: str) -> str | None:
+    """`model.attention` for this backbone (None = the architecture's own), and a pooler that
+    makes sense with it."""
+    check_decoder_pooler(transformer, attention, pooler)
     if attention is None:
         return None
     if attention not in ATTENTION:
