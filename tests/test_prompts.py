@@ -228,3 +228,42 @@ def test_csetrain_eval_applies_a_saved_folders_prompts(tmp_path):
         "eval.prompt_name='passage'" in line and "['document', 'query']" in line for line in lines
     )
     assert np.isfinite(metric)
+
+
+def test_latent_attention_leaves_the_prompt_out_under_sentence_transformers_too(tmp_path):
+    """csetrain's custom latent-attention module reads include_prompt from its config and applies
+    sentence-transformers' prompt_length, so the folder's embeddings are csetrain's."""
+    from sentence_transformers import SentenceTransformer
+
+    sizes = {"num_latents": 4, "heads": 2, "dim_head": 8, "mlp_mult": 2}
+    encoder = SentenceEncoder(
+        tiny(), pooler="latent_attention", latent_attention=sizes, include_prompt=False
+    )
+    carry_prompts(encoder, {"query": PREFIX, "document": ""})
+    folder = save_sentence_transformer(encoder, tmp_path / "latent")
+    assert load_sentence_encoder(folder).include_prompt is False
+    model = SentenceTransformer(str(folder), device="cpu", trust_remote_code=True).double()
+    expected = _st_encode(model, TEXTS, prompt_name="query")
+    ours = load_sentence_encoder(folder).double().encode(TEXTS, prompt=PREFIX).double()
+    torch.testing.assert_close(ours, expected, atol=_atol(expected), rtol=0)
+    pooled = SentenceEncoder(tiny(), pooler="latent_attention", latent_attention=sizes).double()
+    pooled.load_state_dict(load_sentence_encoder(folder).double().state_dict())
+    assert (pooled.encode(TEXTS, prompt=PREFIX).double() - expected).abs().max() > 1e-4
+
+
+def test_training_refuses_a_prompt_split_differently_in_context():
+    """Byte-level BPE makes a trailing space its own token alone ('Ġ') but merges it into the
+    next word in context ('Ġword'): sentence-transformers' count and the ids would disagree."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from csetrain.modeling.prompts import check_trainable
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([PREFIX + "word " * 5] * 20, vocab_size=300, min_frequency=1)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    model = SimpleNamespace(include_prompt=False, tokenizer=tokenizer, prompts={"query": PREFIX})
+    with pytest.raises(ConfigError, match="model.include_prompt=false: the tokenizer splits"):
+        check_trainable(model)
+    check_trainable(SimpleNamespace(**{**vars(model), "prompts": {"query": PREFIX.rstrip()}}))
+    check_trainable(SimpleNamespace(**{**vars(model), "include_prompt": True}))
