@@ -140,15 +140,14 @@ def check_trainable(encoder) -> None:
             )
 
 
-def mteb_prompt(encoder, task_name: str, prompt_type, names: dict | None = None) -> str | None:
+def mteb_prompt(encoder, task_name: str, prompt_type) -> str | None:
     """The prompt for one of mteb's encode calls, in mteb's order for sentence-transformers
     models: '<task>-<type>', '<task>', then '<type>' ('query'/'document'), each if the model has
-    it; `names` ({type: model prompt name}, eval.prompts) maps a type first. None: the default."""
+    it. None: the model's default applies."""
     kind = getattr(prompt_type, "value", prompt_type)
     prompts = getattr(encoder, "prompts", {}) or {}
-    if names and kind in names:
-        return resolve(encoder, names[kind], f"eval.prompts.{kind}")
-    for name in (f"{task_name}-{kind}", task_name, kind):
+    names = (f"{task_name}-{kind}", task_name, kind) if kind else (task_name,)
+    for name in names:
         if name in prompts:
             return prompts[name]
     return None
