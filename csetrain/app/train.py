@@ -35,6 +35,7 @@ from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.grad_cache import GradCache
 from csetrain.loop import Components, Interrupted, fit
+from csetrain.modeling.prompts import carry_prompts
 from csetrain.regularizers.regularized import Regularized
 from csetrain.runtime import Runtime, free_memory, init_distributed, lr_lambda, seed_everything
 
@@ -108,12 +109,12 @@ def build(
     cfg: DictConfig, settings: Settings, run_dir: Path, tracker
 ) -> tuple[Components, dict[str, str]]:
     """Every component fit() drives, and the tags that describe the data and model."""
-    trainer = settings.trainer
-    runtime = Runtime(trainer)
+    trainer, runtime = settings.trainer, Runtime(settings.trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
     objective = build_objective(cfg, runtime).to(runtime.device)
     corpus = load_data(cfg.data)
     check_fields(objective, corpus)
+    carry_prompts(encoder, corpus.prompts)  # saved with the model; dev evaluation applies them
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings.paths.cache_dir)
     # Before the optimizer and any resume: momentum copies start from these weights, heads the
     # binding creates get optimized, corpus-reading miners take the tokenized rows.
