@@ -98,6 +98,7 @@ def trained_2dmse_run(tmp_path_factory, _empty_mlflow_db):
         "experiment=demo",
         "model=tiny",
         "objective=2dmse",
+        "after_training=[]",  # the layer x size grid is not what these tests read
         "trainer.max_steps=4",
         "trainer.eval_every=2",
         "trainer.batch_size=8",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from csetrain.app.store.queries import download_artifact, read_run
 from csetrain.app.store.tracker import flatten
-from csetrain.modeling.model_card import TEST_KEY, CardRecord, DataFile, TestScore
+from csetrain.modeling.model_card import TEST_KEY, CardRecord, DataFile, TaskScore
 
 START_FILE = "initial_eval.json"  # csetrain/app/reports/plots.py's START_FILE
 ARXIV = re.compile(r"arXiv[: ]?(\d{4}\.\d{4,5})")
@@ -129,7 +129,7 @@ def card_record(uri: str, run: dict, folder: Path, export: dict[str, str]) -> Ca
     params, tags, metrics = run["params"], run["tags"], run["metrics"]
     start = start_scores(uri, run)
     tests = [
-        TestScore(key, value, start.get(key))
+        TaskScore(key, value, start.get(key))
         for key, value in sorted(metrics.items())
         if TEST_KEY.match(key)
     ]

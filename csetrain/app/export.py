@@ -95,18 +95,28 @@ def export_run(uri: str, run: dict, request: ExportRequest) -> dict:
         shutil.rmtree(tmp)  # save_sentence_transformer makes the folder
         keep = {k: info[k] for k in ("step", "selected_by", "value") if k in info}
         save_sentence_transformer(encoder, tmp, {**keep, "run_id": run["id"]})
-    made = {"folder": str(target)}
-    if "onnx" in request.formats:
-        made.update(_onnx(uri, run, tmp, request.quantize))
-        run = read_run(uri, run["id"])  # with the export scores just logged
-    export = {k: str(v) for k, v in (("layer", request.layer), ("dim", request.dim)) if v}
-    write_text_atomic(tmp / "README.md", render_card(card_record(uri, run, tmp, export)))
-    replace_dir(tmp, target)
+    try:  # the folder appears whole at `target` or not at all
+        made = {"folder": str(target), **_fill(uri, run, tmp, request)}
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if "mlflow" in request.formats:
         from csetrain.app.store.model_flavor import log_st_model
 
         register_as = request.register_as or _param(run, "tracking.register_as")
-        made.update(log_st_model(uri, run, target, register_as))
+        # the run as it is now: its metrics (export scores included) tag a registered version
+        made.update(log_st_model(uri, read_run(uri, run["id"]), target, register_as))
+    return made
+
+
+def _fill(uri: str, run: dict, folder: Path, request: ExportRequest) -> dict:
+    """ONNX files if asked, then the card (last: it shows the scores ONNX logged)."""
+    made = {}
+    if "onnx" in request.formats:
+        made.update(_onnx(uri, run, folder, request.quantize))
+        run = read_run(uri, run["id"])  # with the export scores just logged
+    export = {k: str(v) for k, v in (("layer", request.layer), ("dim", request.dim)) if v}
+    write_text_atomic(folder / "README.md", render_card(card_record(uri, run, folder, export)))
     return made
 
 

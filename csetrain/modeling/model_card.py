@@ -25,7 +25,7 @@ SUMMEVAL = {"SummEval": "SummEval v1", "SummEvalSummarization.v2": "SummEval v2"
 
 
 @dataclass
-class TestScore:
+class TaskScore:
     key: str  # test/<protocol>/<task>/<metric>
     value: float
     start: float | None = None  # the start checkpoint's score under the same key
@@ -55,7 +55,7 @@ class CardRecord:
     selection_metric: str
     selection_step: int
     selection_value: float
-    tests: list[TestScore]
+    tests: list[TaskScore]
     csetrain_version: str
     git_sha: str
     git_dirty: bool = False
