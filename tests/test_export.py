@@ -130,3 +130,19 @@ def test_onnx_int8_scores_are_logged_and_on_the_card(trained_2dmse_run, tmp_path
     key = "export/onnx/senteval/stsb/spearman"
     assert rescored.metrics["senteval/stsb/spearman"] == pytest.approx(metrics[key], abs=1e-6)
     assert load_onnx_encoder(tmp_path / "o", INT8_FILE).encode(SENTENCES).shape == (3, 32)
+
+
+def test_seed_statistics_come_from_the_sweep_parent(tmp_path, mlflow_store):
+    from mlflow import MlflowClient
+
+    from csetrain.app.card import seed_statistics
+
+    uri = mlflow_store(tmp_path / "mlflow.db")
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("x")).info.run_id
+    key = "test/senteval/stsb/spearman"
+    stats = {"mean": 76.1, "std": 0.4, "ci_low": 75.6, "ci_high": 76.5}
+    for name, value in {**{f"seeds/{key}/{k}": v for k, v in stats.items()}, "seeds/n": 3}.items():
+        client.log_metric(parent, name, value)
+    assert seed_statistics(uri, {"mlflow.parentRunId": parent}) == ({key: stats}, 3)
+    assert seed_statistics(uri, {}) == ({}, 0)  # not part of a sweep
