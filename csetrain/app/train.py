@@ -14,6 +14,7 @@ from csetrain.app.compose import sweep_dir
 from csetrain.app.context import RunContext, RunSummary, check_writable
 from csetrain.app.reports.plots import (
     METRIC_LOG,
+    START_FILE,
     MetricLog,
     never_fail,
     published_references,
@@ -295,7 +296,7 @@ def _write_results(run_dir: Path, fitted, test_result, dev_label: str) -> None:
 
 
 def _log_run_files(tracker, run_dir: Path, with_model: bool) -> None:
-    for name in ("config.yaml", "eval_results.json", PAIR_SCORES):
+    for name in ("config.yaml", "eval_results.json", PAIR_SCORES, START_FILE):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_dir / name)
     if (run_dir / ".hydra").is_dir():
