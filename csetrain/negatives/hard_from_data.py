@@ -13,5 +13,7 @@ class HardFromData(NegativeMiner):
 
     fields = ("hard_negative",)
 
-    def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives:
+    def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
+        if "hard_negative" not in views:  # data=mix: a batch from a source without them
+            return None
         return Negatives(views["hard_negative"], aligned=True)
