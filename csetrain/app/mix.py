@@ -13,24 +13,23 @@ from omegaconf import DictConfig, OmegaConf
 from csetrain.app.settings import config_dir, instantiate, plain, register_resolvers
 from csetrain.config import ConfigError
 from csetrain.data.cache import tokenized_dataset
-from csetrain.data.mix import Mix, MixSource
+from csetrain.data.mix import Mix, MixSource, MixSpec
 from csetrain.data.sources import load_corpus
 from csetrain.objectives.base import InfoNCEObjective, Objective
 
 ENTRY_KEYS = ("option", "name", "weight", "in_batch_negatives")  # the mix's own keys
-MIX_KEYS = ("sampling", "temperature", "batch_from_one_source")
 
 
 def mixed_sources(cfg: DictConfig, objective, tokenizer, settings) -> Mix | None:
     """The `Mix` of a `data=mix` config (None for any other data option)."""
     if "sources" not in cfg.data:
         return None
-    spec = plain(cfg.data)
-    entries = spec.get("sources")
-    if not isinstance(entries, list) or not entries:
+    node = {k: v for k, v in plain(cfg.data).items() if k != "_target_"}
+    if unknown := sorted(set(node) - set(MixSpec.__dataclass_fields__)):
         raise ConfigError(
-            "data.sources must be a list of entries like {option: wiki}: see conf/data/mix.yaml"
+            f"data.{unknown[0]}: not a data=mix key; use {sorted(MixSpec.__dataclass_fields__)}"
         )
+    spec = MixSpec(**node)
     inner = getattr(objective, "inner", objective)
     if type(inner).batch_indices is not Objective.batch_indices:
         raise ConfigError(
@@ -39,15 +38,10 @@ def mixed_sources(cfg: DictConfig, objective, tokenizer, settings) -> Mix | None
         )
     sources = [
         load_source(cfg, entry, i, tokenizer, settings.paths.cache_dir)
-        for i, entry in enumerate(entries)
+        for i, entry in enumerate(spec.sources)
     ]
     check_in_batch_policy(inner, sources)
-    unknown = sorted(set(spec) - {"_target_", "name", "sources", *MIX_KEYS})
-    if unknown:
-        raise ConfigError(f"data.{unknown[0]}: not a data=mix key; use one of {list(MIX_KEYS)}")
-    trainer = settings.trainer
-    options = {k: spec[k] for k in MIX_KEYS if k in spec}
-    return Mix(sources, trainer.batch_size, trainer.seed, **options)
+    return Mix(sources, spec, settings.trainer.batch_size, settings.trainer.seed)
 
 
 def load_source(cfg: DictConfig, entry, index: int, tokenizer, cache_dir) -> MixSource:

@@ -10,6 +10,7 @@ exactly as the plain `data=<option>` run does."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -135,43 +136,69 @@ class MixSampler:
 
 
 @dataclass
+class MixSpec:
+    """The `data=mix` node as written (conf/data/mix.yaml), checked without loading anything
+    (`csetrain validate` builds it); csetrain/app/mix.py composes and loads its sources."""
+
+    sources: list
+    name: str = "mix"
+    sampling: str = "proportional"
+    temperature: float = 2.0
+    batch_from_one_source: bool = True
+
+    def __post_init__(self) -> None:
+        entries = self.sources if isinstance(self.sources, Sequence) else None
+        if not entries or not all(
+            isinstance(e, Mapping) and isinstance(e.get("option"), str) for e in entries
+        ):
+            raise ConfigError(
+                f"data.sources={self.sources!r}: give a list of entries like {{option: wiki}}"
+            )
+        if not isinstance(self.batch_from_one_source, bool):
+            raise ConfigError(
+                f"data.batch_from_one_source={self.batch_from_one_source!r}: true or false"
+            )
+        probabilities([1], self.sampling, self.temperature, [1.0])  # the rule and its T
+
+
+@dataclass
 class Mix:
     """The sources of `data=mix` assembled for training: rows, sampler, merged corpus, tags."""
 
     sources: list[MixSource]
+    spec: MixSpec
     batch_size: int
     seed: int
-    sampling: str = "proportional"
-    temperature: float = 1.0
-    batch_from_one_source: bool = True
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
-        if not names or len(set(names)) != len(names):
+        if len(set(names)) != len(names):
             raise ConfigError(
-                f"data.sources names {names}: give at least one source, each with its own `name`"
+                f"data.sources names {names}: give each source its own `name` (default: the option)"
             )
         sizes = [len(s.rows) for s in self.sources]
         weights = [s.weight for s in self.sources]
-        if self.sampling != "weights" and any(w is not None for w in weights):
+        spec = self.spec
+        if spec.sampling != "weights" and any(w is not None for w in weights):
             raise ConfigError(
-                f"data.sources weights are read only with data.sampling=weights (now {self.sampling!r}): "
+                f"data.sources weights are read only with data.sampling=weights (now {spec.sampling!r}): "
                 "set data.sampling=weights or drop the weights"
             )
-        self.probabilities = probabilities(sizes, self.sampling, self.temperature, weights)
+        self.probabilities = probabilities(sizes, spec.sampling, spec.temperature, weights)
         self.sampler = MixSampler(
-            names, sizes, self.probabilities, self.batch_size, self.seed, self.batch_from_one_source
+            names, sizes, self.probabilities, self.batch_size, self.seed, spec.batch_from_one_source
         )
         self.rows = MixedRows([s.rows for s in self.sources])
         self.corpus = mixed_corpus(self.sources, self.describe())
 
     def describe(self) -> dict[str, str]:
         """The run tags that record the mix."""
-        rule = self.sampling + (f"(T={self.temperature})" if self.sampling == "temperature" else "")
+        spec = self.spec
+        rule = spec.sampling + (f"(T={spec.temperature})" if spec.sampling == "temperature" else "")
         tags = {
             "data.mix.sources": ",".join(s.name for s in self.sources),
             "data.mix.sampling": rule,
-            "data.mix.batch_from_one_source": str(self.batch_from_one_source).lower(),
+            "data.mix.batch_from_one_source": str(spec.batch_from_one_source).lower(),
         }
         for source, p in zip(self.sources, self.probabilities):
             tags[f"data.mix.p.{source.name}"] = f"{p:.6f}"
