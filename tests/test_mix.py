@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 
+import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from csetrain.app.train import build, train
 from csetrain.config import ConfigError
 from csetrain.data.collate import Batch, StepSampler
 from csetrain.data.mix import BLOCK, CHOICE_STREAM, MixSampler, probabilities
-from csetrain.data.mix_sources import MixSource, merge_prompts
+from csetrain.data.mix_sources import MixedRows, MixSource, merge_prompts
 from csetrain.data.sources import Corpus
 from csetrain.loop import Interrupted, fit
 from csetrain.losses import own_candidates_nce
@@ -103,6 +104,16 @@ def test_mixed_batches_draw_every_row_on_its_own():
     assert any(i < 30 for i in first) and any(i >= 30 for i in first)  # P(all one) = 2^-15
     assert MixSampler(["a", "b"], [30, 30], [0.5, 0.5], 16, 1, one_source=False).indices(0) == first
     assert sum(sampler.rows_seen(1).values()) == 16
+
+
+def test_mixed_rows_keep_the_samplers_order_across_sources():
+    a = datasets.Dataset.from_dict({"anchor": ["a0", "a1", "a2"], "anchor_ids": [[1], [2], [3]]})
+    b = datasets.Dataset.from_dict({"anchor": ["b0", "b1"], "positive": ["p0", "p1"]})
+    rows = MixedRows([a, b])
+    assert len(rows) == 5 and rows.column_names == ["anchor"]
+    assert rows.select_columns(["anchor"])[[4, 0, 3, 2]] == {"anchor": ["b1", "a0", "b0", "a2"]}
+    assert rows.select_columns(["positive"])[[4, 3]] == {"positive": ["p1", "p0"]}  # one source
+    assert rows["anchor"] == ["a0", "a1", "a2", "b0", "b1"]
 
 
 def test_a_source_smaller_than_the_batch_is_refused():
@@ -218,6 +229,21 @@ def test_mixed_run_logs_each_source_and_records_the_mix(tmp_path):
     assert c.collator.sources[1].corpus.prompts == {"query": f"Instruct: {nli_task}\nQuery: "}
 
 
+def test_mixed_batches_run_and_count_rows_per_source(tmp_path):
+    two = "data.sources=[{option: sample}, {option: sample, name: head, max_sentences: 100}]"
+    extra = [
+        two,
+        "data.batch_from_one_source=false",
+        "data.sampling=uniform",
+        "trainer.max_steps=3",
+    ]
+    tracker, c, _ = _fit(tmp_path, extra)
+    assert not [k for k, _ in tracker.metrics[-1][1].items() if k.startswith("train/loss/")]
+    rows = tracker.metrics[-1][1]
+    assert rows["train/rows/sample"] + rows["train/rows/head"] == 24
+    assert 0 < rows["train/rows/head"] < 24  # uniform per row: both sources in the batches
+
+
 def test_a_one_source_mix_trains_like_its_option(tmp_path):
     plain, _, _ = _fit(tmp_path / "plain", ["data=sample"])
     mixed, _, _ = _fit(tmp_path / "mix", ["data.sources=[{option: sample}]"])
@@ -236,6 +262,10 @@ def test_a_one_source_mix_trains_like_its_option(tmp_path):
         (["data.sources=[{option: sample}, {option: sample}]"], "its own `name`"),
         (["objective=mcl", SOURCES], "composes its own batches"),
         ([SOURCES, "+data.sources.0.weight=2"], "only with data.sampling=weights"),
+        (
+            [SOURCES, "objective=simcse_sup", "data.batch_from_one_source=false"],
+            "needs sources with the same fields",
+        ),
     ],
 )
 def test_bad_mixes_fail_at_build_with_one_line(tmp_path, extra, match):

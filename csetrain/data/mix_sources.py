@@ -38,12 +38,13 @@ class MixedRows:
     `select_columns`, `column_names` (those every source has), `len`, `rows[column]` (every
     source's column in order) and `rows[indices]` (a dict of columns, in the indices' order)."""
 
-    def __init__(self, parts: list) -> None:
-        self.parts = parts
-        self.offsets = [sum(len(p) for p in parts[:i]) for i in range(len(parts))]
+    def __init__(self, parts: list, sizes: list[int] | None = None) -> None:
+        # sizes kept apart: a `datasets.Dataset` with no columns left reports 0 rows
+        self.parts, self.sizes = parts, sizes or [len(p) for p in parts]
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(parts))]
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.parts)
+        return sum(self.sizes)
 
     @property
     def column_names(self) -> list[str]:
@@ -54,7 +55,8 @@ class MixedRows:
     def select_columns(self, columns: list[str]) -> MixedRows:
         """Each source keeps the wanted columns it has (a wiki source has no `positive_ids`)."""
         return MixedRows(
-            [p.select_columns([c for c in columns if c in p.column_names]) for p in self.parts]
+            [p.select_columns([c for c in columns if c in p.column_names]) for p in self.parts],
+            self.sizes,
         )
 
     def __getitem__(self, key):
@@ -110,7 +112,8 @@ class MixCollator:
     def __call__(self, rows: dict[str, list], step: int) -> Batch:
         source = self.sampler.source_of(step)
         if source is None:  # mixed batches: every source collates alike (checked above)
-            return self.collators[0](rows, step)
+            batch = self.collators[0](rows, step)
+            return dataclasses.replace(batch, in_batch_negatives=self.sources[0].in_batch_negatives)
         batch = self.collators[source](rows, step)
         policy = self.sources[source].in_batch_negatives
         return dataclasses.replace(
