@@ -209,19 +209,21 @@ def _fit(tmp_path, extra=()):
 
 def test_mixed_run_logs_each_source_and_records_the_mix(tmp_path):
     nli_task = "Given a premise, retrieve a hypothesis that is entailed by the premise"
-    sources = (
-        f"data.sources=[{{option: sample}}, {{option: sample_nli, instruction: '{nli_task}'}}]"
-    )
+    nli = f"{{option: sample_nli, instruction: '{nli_task}', in_batch_negatives: false}}"
+    sources = f"data.sources=[{{option: sample}}, {nli}]"
     tracker, c, tags = _fit(tmp_path, ["objective=simcse_sup", sources, "trainer.max_steps=8"])
     assert tags["data.mix.sources"] == "sample,sample_nli"
     assert float(tags["data.mix.p.sample"]) == pytest.approx(4000 / 4600, abs=1e-6)
     assert tags["data.sentences"] == "4600"
+    assert tags["data.mix.in_batch_negatives.sample_nli"] == "false"
     rows = 0
     for step, metrics in tracker.metrics:
         source = c.sampler.names[c.sampler.source_of(step - 1)]
         assert metrics[f"train/loss/{source}"] == metrics["train/loss"]  # log_every=1: one step
         assert [k for k in metrics if k.startswith("train/loss/")] == [f"train/loss/{source}"]
         rows += 8
+        own_only = source == "sample_nli"  # in-batch off: its one own hard negative, no other row
+        assert (metrics["train/effective_negatives"] == 1.0) == own_only
         assert metrics["train/rows/sample"] + metrics["train/rows/sample_nli"] == rows
     assert {c.sampler.source_of(k) for k in range(8)} == {0, 1}  # both sources trained
     assert c.dataset["anchor"][4000].startswith(f"Instruct: {nli_task}\nQuery: ")
@@ -262,6 +264,7 @@ def test_a_one_source_mix_trains_like_its_option(tmp_path):
         (["data.sources=[{option: sample}, {option: sample}]"], "its own `name`"),
         (["objective=mcl", SOURCES], "composes its own batches"),
         ([SOURCES, "+data.sources.0.weight=2"], "only with data.sampling=weights"),
+        ([SOURCES, "+data.instruction=x"], "give each source its own"),
         (
             [SOURCES, "objective=simcse_sup", "data.batch_from_one_source=false"],
             "needs sources with the same fields",

@@ -25,6 +25,11 @@ def mixed_sources(cfg: DictConfig, objective, tokenizer, settings) -> Mix | None
     if "sources" not in cfg.data:
         return None
     node = {k: v for k, v in plain(cfg.data).items() if k != "_target_"}
+    if "instruction" in node:  # each source has its own task
+        raise ConfigError(
+            "data.instruction: a mix has no single task; give each source its own "
+            "(data.sources=[{option: nli, instruction: ...}, ...])"
+        )
     if unknown := sorted(set(node) - set(MixSpec.__dataclass_fields__)):
         raise ConfigError(
             f"data.{unknown[0]}: not a data=mix key; use {sorted(MixSpec.__dataclass_fields__)}"
