@@ -161,6 +161,17 @@ def test_simcse_sup_with_in_batch_off_sees_no_other_row():
         )
 
 
+def test_in_batch_off_with_k_hard_negatives_takes_each_rows_own_k():
+    gen = torch.Generator().manual_seed(2)
+    fields = ("anchor", "positive", "hard_negative_1", "hard_negative_2")
+    views = {f: torch.randn(4, 5, generator=gen, dtype=torch.float64) for f in fields}
+    objective = SimCSESup(HardFromData(), temperature=0.05, hard_negative_weight=0.3)
+    batch = Batch(torch.zeros(16, 2), torch.ones(16, 2), fields, 4, in_batch_negatives=False)
+    own = torch.stack([views["hard_negative_1"], views["hard_negative_2"]], dim=1)  # (B, 2, D)
+    expected, _ = own_candidates_nce(views["anchor"], views["positive"], own, 0.05, 0.3)
+    assert objective.loss(views, batch).loss.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
 # --- prompts ---------------------------------------------------------------------------------
 def _source(name, prompts):
     return MixSource(name, Corpus(name, [], ("anchor",), {}, prompts=prompts), rows=[])

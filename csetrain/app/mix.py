@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from csetrain.app.settings import config_dir, instantiate, plain, register_resolvers
 from csetrain.config import ConfigError
 from csetrain.data.cache import tokenized_dataset
+from csetrain.data.hard_negatives import role_fields
 from csetrain.data.mix import Mix, MixSource, MixSpec
 from csetrain.data.sources import load_corpus
 from csetrain.objectives.base import InfoNCEObjective, Objective
@@ -98,7 +99,7 @@ def check_in_batch_policy(objective, sources: list[MixSource]) -> None:
         )
     fields = objective.miner.fields
     for s in off:
-        if not fields or any(f not in s.corpus.fields for f in fields):
+        if not fields or any(not role_fields(f, s.corpus.fields) for f in fields):
             raise ConfigError(
                 f"data.sources '{s.name}' in_batch_negatives=false leaves its anchors no negatives: "
                 "it needs hard negatives of its own (a hard_negative field and "

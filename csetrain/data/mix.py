@@ -207,10 +207,10 @@ class Mix:
                 tags[f"data.mix.in_batch_negatives.{source.name}"] = "false"
         return tags
 
-    def collator(self, template, objective_fields: tuple[str, ...]) -> MixCollator:
+    def collator(self, template, objective) -> MixCollator:
         """One collator per source, shaped like `template` (the run's Collator) but reading the
         fields that source has: see MixCollator."""
-        return MixCollator.per_source(template, objective_fields, self.sources, self.sampler)
+        return MixCollator.per_source(template, objective, self.sources, self.sampler)
 
 
 def source_metrics(sampler, losses: dict[str, list[torch.Tensor]], done: int) -> dict[str, float]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from csetrain.config import ConfigError
 from csetrain.data.collate import Batch, Collator
+from csetrain.data.hard_negatives import expand_roles, role_fields
 from csetrain.data.sources import Corpus
 
 
@@ -89,12 +90,10 @@ class MixCollator:
         self.collators, self.sources, self.sampler = collators, sources, sampler
 
     @classmethod
-    def per_source(
-        cls, template: Collator, objective_fields: tuple[str, ...], sources, sampler
-    ) -> MixCollator:
-        """`objective_fields`: the objective's own data fields (a source must have them,
-        `positive` aside); `template.data_fields` adds the miner's, which a source may lack."""
-        collators = [source_collator(template, objective_fields, s) for s in sources]
+    def per_source(cls, template: Collator, objective, sources, sampler) -> MixCollator:
+        """`objective` names the roles a batch wants: its own data fields (a source must have
+        them, `positive` aside) and its miner's (a source may lack them)."""
+        collators = [source_collator(template, objective, s) for s in sources]
         if not sampler.one_source:
             shapes = {(c.data_fields, c.augmented_positive) for c in collators}
             policies = {s.in_batch_negatives for s in sources}
@@ -121,20 +120,23 @@ class MixCollator:
         )
 
 
-def source_collator(template: Collator, objective_fields, source: MixSource) -> Collator:
-    """The run's collator reshaped for one source: it reads the wanted fields the source has,
-    and makes `positive` from the anchor by the augmentation when the source has none."""
+def source_collator(template: Collator, objective, source: MixSource) -> Collator:
+    """The run's collator reshaped for one source: it reads the wanted roles' fields the source
+    has (k hard negatives: `hard_negative_1..k`), and makes `positive` from the anchor by the
+    augmentation when the source has none."""
     have = source.corpus.fields
-    missing = [f for f in objective_fields if f not in have and f != "positive"]
-    if "anchor" not in have or missing:
+    own = tuple(objective.data_fields)
+    missing = [f for f in ("anchor", *own) if f != "positive" and not role_fields(f, have)]
+    if missing:
         raise ConfigError(
             f"data.sources '{source.name}' provides {list(have)} but the objective needs "
-            f"{['anchor', *missing] if 'anchor' not in have else missing}: drop the source or choose another objective"
+            f"{list(dict.fromkeys(missing))}: drop the source or choose another objective"
         )
-    wanted = template.data_fields
-    augmented = template.augmented_positive or ("positive" in wanted and "positive" not in have)
+    roles = own + tuple(f for f in objective.miner.fields if f not in own)
+    augmented = template.augmented_positive or ("positive" in roles and "positive" not in have)
+    fields = [f for f in expand_roles(roles, have) if f in have]
     return Collator(
-        data_fields=tuple(f for f in wanted if f in have and not (augmented and f == "positive")),
+        data_fields=tuple(f for f in fields if not (augmented and f == "positive")),
         augmentation=template.augmentation,
         pad_id=template.pad_id,
         special_ids=template.special_ids,
