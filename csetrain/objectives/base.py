@@ -140,7 +140,7 @@ class InfoNCEObjective(Objective):
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
         anchors, positives = views["anchor"], views["positive"]  # (B, D) each
         extra = self.miner.extra_negatives(anchors, views)
-        if not batch.in_batch_negatives:  # data=mix source with in_batch_negatives: false
+        if not getattr(batch, "in_batch_negatives", True):  # a data=mix source set it false
             return self.own_candidates_loss(anchors, positives, extra)
         # Under DDP every rank scores its anchors against all ranks' candidates (gathered with
         # gradient); anchor i of rank r is row r*B + i of the gathered positives.
