@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from csetrain.app.compose import sweep_dir
 from csetrain.app.context import RunContext, RunSummary, check_writable
+from csetrain.app.mix import mixed_sources
 from csetrain.app.reports.plots import (
     METRIC_LOG,
     START_FILE,
@@ -113,15 +114,16 @@ def build(
     trainer, runtime = settings.trainer, Runtime(settings.trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
     objective = build_objective(cfg, runtime).to(runtime.device)
-    corpus = load_data(cfg.data)
+    tokenizer = encoder.tokenizer
+    mix = mixed_sources(cfg, objective, tokenizer, settings)  # data=mix (docs/mix.md), else None
+    corpus = mix.corpus if mix else load_data(cfg.data)
     check_fields(objective, corpus)
     carry_prompts(encoder, corpus.prompts)  # saved with the model; dev evaluation applies them
-    dataset = tokenized_dataset(corpus, encoder.tokenizer, settings.paths.cache_dir)
+    dataset = mix.rows if mix else tokenized_dataset(corpus, tokenizer, settings.paths.cache_dir)
     # Before the optimizer and any resume: momentum copies start from these weights, heads the
     # binding creates get optimized, corpus-reading miners take the tokenized rows.
     objective.bind(encoder, dataset)
     objective.to(runtime.device)
-    tokenizer = encoder.tokenizer
     collator = Collator(
         data_fields=expand_roles(
             objective.data_fields
@@ -147,8 +149,8 @@ def build(
         encoder=encoder,
         objective=objective,
         dataset=dataset,
-        sampler=StepSampler(len(dataset), trainer.batch_size, trainer.seed),
-        collator=collator,
+        sampler=mix.sampler if mix else StepSampler(len(dataset), trainer.batch_size, trainer.seed),
+        collator=mix.collator(collator, objective) if mix else collator,
         runtime=runtime,
         optimizer=optimizer,
         scheduler=scheduler,

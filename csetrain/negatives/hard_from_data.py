@@ -17,8 +17,10 @@ class HardFromData(NegativeMiner):
 
     fields = (ROLE,)  # the role; the corpus's fields for it: csetrain.data.hard_negatives
 
-    def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives:
+    def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives | None:
         names = role_fields(ROLE, tuple(views))
+        if not names:  # data=mix: a batch from a source without hard negatives
+            return None
         if len(names) == 1:  # k = 1: the view itself, as before several negatives existed
             return Negatives(views[names[0]], aligned=True)
         blocks = torch.cat([views[name] for name in names])  # (k*B, D), block j = negative j
