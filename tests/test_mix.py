@@ -239,7 +239,9 @@ def test_mixed_run_logs_each_source_and_records_the_mix(tmp_path):
     assert {c.sampler.source_of(k) for k in range(8)} == {0, 1}  # both sources trained
     assert c.dataset["anchor"][4000].startswith(f"Instruct: {nli_task}\nQuery: ")
     assert not c.dataset["anchor"][0].startswith("Instruct:")  # the wiki source's own (none)
-    assert c.collator.sources[1].corpus.prompts == {"query": f"Instruct: {nli_task}\nQuery: "}
+    # triplets: only anchors carry the instruction, so documents get the empty prompt (prompts.py)
+    nli_prompts = {"query": f"Instruct: {nli_task}\nQuery: ", "document": ""}
+    assert c.collator.sources[1].corpus.prompts == nli_prompts
 
 
 def test_mixed_batches_run_and_count_rows_per_source(tmp_path):
