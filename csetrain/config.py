@@ -61,6 +61,7 @@ class TrackingConfig:
     artifact_location: str | None = None
     log_model: bool = True
     run_name: str | None = None
+    register_as: str | None = None  # the model registry name `csetrain export --format mlflow` uses
 
 
 @dataclass

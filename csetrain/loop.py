@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from csetrain.config import CsetrainError
+from csetrain.data.mix import source_metrics
 from csetrain.runtime import stop_requests
 
 
@@ -79,6 +80,7 @@ def _log_step(c: Components, out, grad_norm, done: int, window: dict) -> float:
         "train/sentences_per_s": window["sentences"] / elapsed,
     }
     metrics.update({f"train/{k}": v.item() for k, v in out.metrics.items()})
+    metrics.update(source_metrics(c.sampler, window.pop("sources", {}), done))  # data=mix
     if grad_norm is not None:
         metrics["train/grad_norm"] = grad_norm.item()
     c.tracker.log_metrics(metrics, done)
@@ -142,6 +144,10 @@ def fit(c: Components, cfg, start_step: int = 0, resumed: dict | None = None) ->
             c.scheduler.step()
             c.objective.after_optimizer_step(c.encoder, batch)
             window["sentences"] += batch.size
+            if batch.source:  # data=mix: each source's losses over the logging window
+                window.setdefault("sources", {}).setdefault(batch.source, []).append(
+                    out.loss.detach()
+                )
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.max_steps:
                 bar.set_postfix(loss=f"{_log_step(c, out, grad_norm, done, window):.4f}")

@@ -40,13 +40,44 @@ def info_nce(
     return F.cross_entropy(upcast(logits), targets), logits
 
 
-def hard_negative_offset(rows: int, columns: int, start: int, weight: float, device=None) -> Tensor:
-    """SimCSE's offset matrix (rows, columns): `weight` at (i, start + i), anchor i's own hard
-    negative; zero elsewhere. SimCSE's `hard_negative_weight` is this *logit* offset, i.e. the
+def own_candidates_nce(
+    anchors: Tensor,
+    positives: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    negative_offset: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """InfoNCE without in-batch negatives: anchor i (B, D) against its own positive i (B, D) and
+    its own hard negatives negatives[i] (B, K, D) only, never another row's (a retrieval source
+    whose other rows would be false negatives). `negative_offset` is added to the hard
+    negatives' logits (SimCSE's hard-negative weight). Returns (loss, logits (B, 1 + K)), the
+    positive in column 0."""
+    candidates = torch.cat([positives[:, None], negatives], dim=1)  # (B, 1 + K, D)
+    cos = torch.einsum("bd,bkd->bk", F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1))
+    logits = cos / temperature
+    if negative_offset:
+        logits = logits + torch.cat(
+            [
+                logits.new_zeros(len(logits), 1),
+                logits.new_full((len(logits), negatives.shape[1]), negative_offset),
+            ],
+            dim=1,
+        )
+    targets = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    return F.cross_entropy(upcast(logits), targets), logits
+
+
+def hard_negative_offset(
+    rows: int, columns: int, start: int, weight: float, device=None, blocks: int = 1
+) -> Tensor:
+    """SimCSE's offset matrix (rows, columns): `weight` at (i, start + j*rows + i) for each
+    block j < `blocks`, anchor i's own hard negatives (k of them lie in k blocks of `rows`
+    columns); zero elsewhere. SimCSE's `hard_negative_weight` is this *logit* offset, i.e. the
     log of the multiplicative weight: 0 means weight 1."""
     offset = torch.zeros(rows, columns, device=device)
     index = torch.arange(rows, device=device)
-    offset[index, start + index] = weight
+    for block in range(blocks):
+        offset[index, start + block * rows + index] = weight
     return offset
 
 

@@ -81,3 +81,36 @@ def _small_sts_pack(tmp_path_factory) -> Path:
     from .helpers import make_small_sts
 
     return make_small_sts(tmp_path_factory.mktemp("small_sts"))
+
+
+@pytest.fixture(scope="session")
+def trained_2dmse_run(tmp_path_factory, _empty_mlflow_db):
+    """(store URI, run id): one tiny 2D-Matryoshka run trained into a SQLite store through the
+    CLI, dev-selected, with its start scores; shared by the export tests (test_export.py,
+    test_model_flavor.py), which only read it or write beside it."""
+    from .helpers import csetrain_in_process, shared_cache, small_sts
+
+    root = tmp_path_factory.mktemp("trained_2dmse")
+    shutil.copyfile(_empty_mlflow_db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    proc = csetrain_in_process(
+        "train",
+        "experiment=demo",
+        "model=tiny",
+        "objective=2dmse",
+        "after_training=[]",  # the layer x size grid is not what these tests read
+        "trainer.max_steps=4",
+        "trainer.eval_every=2",
+        "trainer.batch_size=8",
+        "trainer.progress=false",
+        f"tracking.uri={uri}",
+        f"paths.output_dir={root}/out",
+        f"paths.data_dir={small_sts()}",
+        f"paths.cache_dir={shared_cache()}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    return uri, run.info.run_id

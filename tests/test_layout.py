@@ -86,3 +86,20 @@ def test_torch_cuda_only_in_runtime():
 def test_the_library_never_imports_the_app():
     library = {p for p in importers("csetrain.app") if not p.startswith(APP)}
     assert library - {ENTRY_POINT} == set()
+
+
+@pytest.mark.parametrize("library", ["onnx", "onnxruntime"])
+def test_onnx_only_in_its_exporter(library):
+    assert importers(library) <= {"csetrain/modeling/onnx_export.py"}
+    assert importers("onnxruntime") == {"csetrain/modeling/onnx_export.py"}  # the scan sees it
+
+
+def test_hub_uploads_only_in_the_push_module():
+    """huggingface_hub's write side (HfApi: create_repo, upload_folder) has one home; reading
+    the local cache (try_to_load_from_cache) is not an upload."""
+    uploaders = {
+        path
+        for path, tree in sources().items()
+        if {"huggingface_hub.HfApi", "huggingface_hub.upload_folder"} & imported_modules(tree)
+    }
+    assert uploaders == {"csetrain/app/hub.py"}

@@ -12,8 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from csetrain.app.compose import sweep_dir
 from csetrain.app.context import RunContext, RunSummary, check_writable
+from csetrain.app.mix import mixed_sources
 from csetrain.app.reports.plots import (
     METRIC_LOG,
+    START_FILE,
     MetricLog,
     never_fail,
     published_references,
@@ -28,12 +30,14 @@ from csetrain.checkpoint import Checkpointer, write_text_atomic
 from csetrain.config import ConfigError, Settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
+from csetrain.data.hard_negatives import expand_roles, role_fields
 from csetrain.data.sources import Corpus, load_corpus
 from csetrain.eval.grid import grid_after_training
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.grad_cache import GradCache
 from csetrain.loop import Components, Interrupted, fit
+from csetrain.modeling.prompts import carry_prompts
 from csetrain.regularizers.regularized import Regularized
 from csetrain.runtime import Runtime, free_memory, init_distributed, lr_lambda, seed_everything
 
@@ -50,8 +54,9 @@ def after_training(cfg: DictConfig) -> list[str]:
 
 
 def check_fields(objective, corpus: Corpus) -> None:
-    """The objective (and its miner) say what they need; the data must provide it."""
-    missing = [f for f in objective.required_data_fields if f not in corpus.fields]
+    """The objective (and its miner) say what roles they need; the data must provide them
+    (the role hard_negative: as `hard_negative` or as k fields `hard_negative_1..k`)."""
+    missing = [f for f in objective.required_data_fields if not role_fields(f, corpus.fields)]
     if missing:
         raise ConfigError(
             f"objective {type(objective).__name__} (with negative_mining {type(objective.miner).__name__}) "
@@ -106,24 +111,27 @@ def build(
     cfg: DictConfig, settings: Settings, run_dir: Path, tracker
 ) -> tuple[Components, dict[str, str]]:
     """Every component fit() drives, and the tags that describe the data and model."""
-    trainer = settings.trainer
-    runtime = Runtime(trainer)
+    trainer, runtime = settings.trainer, Runtime(settings.trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
     if trainer.gradient_checkpointing:
         encoder.checkpoint_activations()
     objective = build_objective(cfg, runtime).to(runtime.device)
-    corpus = load_data(cfg.data)
+    tokenizer = encoder.tokenizer
+    mix = mixed_sources(cfg, objective, tokenizer, settings)  # data=mix (docs/mix.md), else None
+    corpus = mix.corpus if mix else load_data(cfg.data)
     check_fields(objective, corpus)
-    encoder.prompts.update(corpus.prompts)  # the instruction prefix: exported, masked if asked
-    dataset = tokenized_dataset(corpus, encoder.tokenizer, settings.paths.cache_dir)
+    carry_prompts(encoder, corpus.prompts)  # saved with the model; dev evaluation applies them
+    dataset = mix.rows if mix else tokenized_dataset(corpus, tokenizer, settings.paths.cache_dir)
     # Before the optimizer and any resume: momentum copies start from these weights, heads the
     # binding creates get optimized, corpus-reading miners take the tokenized rows.
     objective.bind(encoder, dataset)
     objective.to(runtime.device)
-    tokenizer = encoder.tokenizer
     collator = Collator(
-        data_fields=objective.data_fields
-        + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+        data_fields=expand_roles(
+            objective.data_fields
+            + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+            corpus.fields,
+        ),
         augmentation=instantiate(cfg.augmentation),
         pad_id=tokenizer.pad_token_id,
         special_ids=set(tokenizer.all_special_ids),
@@ -143,8 +151,8 @@ def build(
         encoder=encoder,
         objective=objective,
         dataset=dataset,
-        sampler=StepSampler(len(dataset), trainer.batch_size, trainer.seed),
-        collator=collator,
+        sampler=mix.sampler if mix else StepSampler(len(dataset), trainer.batch_size, trainer.seed),
+        collator=mix.collator(collator, objective) if mix else collator,
         runtime=runtime,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -292,7 +300,7 @@ def _write_results(run_dir: Path, fitted, test_result, dev_label: str) -> None:
 
 
 def _log_run_files(tracker, run_dir: Path, with_model: bool) -> None:
-    for name in ("config.yaml", "eval_results.json", PAIR_SCORES):
+    for name in ("config.yaml", "eval_results.json", PAIR_SCORES, START_FILE):
         if (run_dir / name).is_file():
             tracker.log_artifact(run_dir / name)
     if (run_dir / ".hydra").is_dir():

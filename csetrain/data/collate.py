@@ -3,6 +3,7 @@ tensor holding every view, so the encoder runs one forward pass per step."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -21,19 +22,24 @@ class Batch:
     attention_mask: Tensor  # (F*B, L)
     fields: tuple[str, ...]
     size: int  # B
+    # data=mix (csetrain/data/mix.py): the batch's source, and whether its rows may serve as
+    # each other's negatives (false: every anchor sees only its own positive and hard negatives)
+    source: str = ""
+    in_batch_negatives: bool = True
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(
-            self.input_ids.to(device, non_blocking=non_blocking),
-            self.attention_mask.to(device, non_blocking=non_blocking),
-            self.fields,
-            self.size,
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device, non_blocking=non_blocking),
+            attention_mask=self.attention_mask.to(device, non_blocking=non_blocking),
         )
 
     def pin_memory(self) -> Batch:
         """Page-locked host copies, so a non-blocking copy to the GPU really overlaps."""
-        return Batch(
-            self.input_ids.pin_memory(), self.attention_mask.pin_memory(), self.fields, self.size
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.pin_memory(),
+            attention_mask=self.attention_mask.pin_memory(),
         )
 
     def examples(self, start: int, end: int) -> Batch:
@@ -46,7 +52,8 @@ class Batch:
         )
         mask = self.attention_mask[rows]
         width = int(mask.sum(1).max())
-        return Batch(self.input_ids[rows, :width], mask[:, :width], self.fields, end - start)
+        ids, mask = self.input_ids[rows, :width], mask[:, :width]
+        return dataclasses.replace(self, input_ids=ids, attention_mask=mask, size=end - start)
 
     def shard(self, rank: int, world: int) -> Batch:
         """This rank's 1/world of every field (DDP): examples [rank*b, (rank+1)*b)."""

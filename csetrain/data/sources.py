@@ -67,7 +67,8 @@ class Corpus:
     instruction: str | None = None  # the task its anchors are prefixed with (see load_corpus)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)  # more run tags (data.*)
     # The prompts its training texts carried, by sentence-transformers prompt name ("query": the
-    # instruction prefix); an exported model saves them so encode(prompt_name=...) matches.
+    # instruction prefix; "document": what positives carried, "" or the same prefix); an
+    # exported model saves them so encode(prompt_name=...) matches (modeling/prompts.py).
     prompts: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -92,9 +93,10 @@ def load_corpus(source, instruction: str | None = None) -> Corpus:
         raise ConfigError(f"data.instruction={instruction!r}: give the task definition as a string")
     prefix = instruction_prefix(instruction)
     records = [{**r, "anchor": prefix + r["anchor"]} for r in corpus.records]
-    return dataclasses.replace(
-        corpus, records=records, instruction=instruction, prompts={"query": prefix}
-    )
+    # Documents carried the prefix too when the positive is the anchor's own view (one field).
+    document = prefix if corpus.fields == ("anchor",) else ""
+    prompts = {"query": prefix, "document": document}
+    return dataclasses.replace(corpus, records=records, instruction=instruction, prompts=prompts)
 
 
 class TextLines:

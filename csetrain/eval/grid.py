@@ -55,10 +55,13 @@ class GridEvaluator:
         batch_size: int = 128,
         progress: bool = False,
         output_dir: str | None = None,
+        prompt_name: str | None = None,
     ) -> None:
         if task in YEARS and split != "test":
             raise ConfigError(f"eval.task={task} has only a test split: set eval.split=test")
-        sts = STSEvaluator([task], split, protocol, data_dir, batch_size, progress)
+        sts = STSEvaluator(
+            [task], split, protocol, data_dir, batch_size, progress, prompt_name=prompt_name
+        )
         self._setup(sts, layers, dims, output_dir)
 
     @classmethod
@@ -96,9 +99,7 @@ class GridEvaluator:
         """Spearman x100 of every cell: one encoding pass, then slices of the same vectors."""
         layers, dims = self.cells(encoder)
         unique = self.sts.sentences()
-        vectors = encoder.encode(
-            unique, self.sts.batch_size, self.sts.progress, embed=encoder.inference_layers
-        )
+        vectors = self.sts.encode(encoder, unique, embed=encoder.inference_layers)
         return {
             layer: {d: self.sts.score(unique, vectors[:, layer - 1, :d]).primary for d in dims}
             for layer in layers

@@ -32,6 +32,7 @@ from scipy.stats import pearsonr, spearmanr
 from csetrain.config import ConfigError, CsetrainError, require_file, resolve_data_dir
 from csetrain.data.sources import instruction_prefix
 from csetrain.eval.pair_scores import PairScores, TaskPairs
+from csetrain.modeling.prompts import encode_with_prompts, instructed
 
 YEARS = ("sts12", "sts13", "sts14", "sts15", "sts16")
 SPLIT_TASKS = ("stsb", "sickr")
@@ -127,10 +128,8 @@ def _transform(pairs: PairSet, fn) -> PairSet:
     )
 
 
-def _instructed(subsets: list[PairSet], task: str) -> list[PairSet]:
-    """Both sentences of every pair prefixed with NV-Embed's instruction for `task`."""
-    prefix = instruction_prefix(task)
-    return [_transform(s, lambda x: prefix + x) for s in subsets]
+def _texts(subsets: list[PairSet]) -> list[str]:
+    return [s for p in subsets for s in p.first + p.second]
 
 
 def load_task(root: Path, task: str, split: str, protocol: str) -> list[PairSet]:
@@ -145,20 +144,15 @@ def load_task(root: Path, task: str, split: str, protocol: str) -> list[PairSet]
                 f"no {task} files in {folder}: the data directory (paths.data_dir / $CSETRAIN_DATA_DIR) must hold {folder.parent.name}/{task}/*.tsv"
             )
         subsets = [read_pairs(f, f.stem) for f in files]
-        return (
-            [_transform(s, lambda x: " ".join(x.split())) for s in subsets]
-            if protocol == "senteval"
-            else subsets
-        )
+        if protocol == "senteval":
+            return [_transform(s, lambda x: " ".join(x.split())) for s in subsets]
+        return subsets
     if task not in SPLIT_TASKS:
         raise ConfigError(
             f"eval.tasks: unknown task '{task}'; choose from {list(YEARS + SPLIT_TASKS)}"
         )
-    splits = (
-        ["train", "dev", "test"]
-        if (task == "sickr" and protocol == "mteb" and split == "test")
-        else [split]
-    )
+    pooled = task == "sickr" and protocol == "mteb" and split == "test"  # MTEB's SICK-R
+    splits = ["train", "dev", "test"] if pooled else [split]
     subsets = [
         read_pairs(
             require_file(root / "sts" / task / f"{s}.tsv", f"{task} {s} split", "paths.data_dir"), s
@@ -210,7 +204,8 @@ class STSEvaluator:
     `compare_initial`: read by training, which also scores the start checkpoint with this
     evaluator (cached by weights hash) for the before/after plot; the evaluator ignores it.
     `instructions`: {task: task definition}; both sentences of that task's pairs are prefixed
-    with NV-Embed's "Instruct: {definition}\nQuery: " (csetrain/data/sources.py).
+    with NV-Embed's "Instruct: {definition}\nQuery: " (data/sources.py), their prompt; the other
+    tasks get the model's prompt `prompt_name` (null: its default; modeling/prompts.py).
     """
 
     def __init__(
@@ -224,6 +219,7 @@ class STSEvaluator:
         diagnostics: bool = False,
         compare_initial: bool = False,
         instructions: dict[str, str] | None = None,
+        prompt_name: str | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"eval.protocol='{protocol}' is unknown: choose senteval or mteb")
@@ -232,13 +228,15 @@ class STSEvaluator:
                 f"eval.split='{split}': choose dev or test (training data is never an eval split)"
             )
         self.tasks, self.split, self.protocol = list(tasks), split, protocol
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.progress, self.prompt_name = batch_size, progress, prompt_name
         root = resolve_data_dir(data_dir)
         self.data = {t: load_task(root, t, split, protocol) for t in self.tasks}
+        self.prompt_of: dict[str, str] = {}
         for task, definition in (instructions or {}).items():  # NV-Embed: both sentences
             if task not in self.data:
                 raise ConfigError(f"eval.instructions: '{task}' is not in eval.tasks {self.tasks}")
-            self.data[task] = _instructed(self.data[task], definition)
+            self.data[task], prompts = instructed(self.data[task], instruction_prefix(definition))
+            self.prompt_of.update(prompts)  # instructed sentence -> its prefix (its prompt)
         self.compare_initial = compare_initial
         self.diagnostics = None
         if diagnostics:  # imported here: diagnostics.py reads its data through this module
@@ -250,15 +248,16 @@ class STSEvaluator:
         return task if self.split == "test" else f"{task}_{self.split}"
 
     def sentences(self) -> list[str]:
-        return list(
-            dict.fromkeys(
-                s for subsets in self.data.values() for p in subsets for s in p.first + p.second
-            )
-        )
+        return list(dict.fromkeys(s for subsets in self.data.values() for s in _texts(subsets)))
+
+    def encode(self, encoder, unique: list[str], embed=None) -> torch.Tensor:
+        """Vectors of `unique`, each sentence with its prompt (instruction, eval.prompt_name)."""
+        args = (self.prompt_name, self.batch_size, self.progress, embed)
+        return encode_with_prompts(encoder, unique, self.prompt_of, *args)
 
     def __call__(self, encoder) -> EvalResult:
         unique = self.sentences()
-        vectors = encoder.encode(unique, self.batch_size, self.progress)
+        vectors = self.encode(encoder, unique)
         result = self.score(unique, vectors)
         if self.diagnostics is not None:
             result.metrics.update(self.diagnostics.measure(unique, vectors))

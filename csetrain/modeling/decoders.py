@@ -65,6 +65,14 @@ def check_decoder_pooler(transformer, attention: str | None, pooler: str) -> Non
         )
 
 
+def adapted(transformer, attention: str | None, pooler: str, lora: dict | None):
+    """(transformer, attention) as the encoder uses them: `model.attention` checked against the
+    backbone and pooler, LoRA adapters added if `model.lora` asks (modeling/lora.py)."""
+    from csetrain.modeling.lora import add_lora
+
+    return add_lora(transformer, lora), check_attention(transformer, attention, pooler)
+
+
 def forward_kwargs(transformer, attention_mask: Tensor, attention: str | None) -> dict:
     """The mask (and for a decoder, position) kwargs of one padded forward of `transformer`."""
     if not is_decoder(transformer):

@@ -12,13 +12,12 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
-from csetrain.modeling.decoders import check_attention, forward_kwargs
+from csetrain.modeling.decoders import adapted, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
-from csetrain.modeling.lora import add_lora
 from csetrain.modeling.momentum import MomentumEncoder
 from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
-from csetrain.modeling.prompt_mask import pooling_mask
+from csetrain.modeling.prompts import default_text, pooling_mask, prompt_length
 
 HeadMode = Literal["none", "train_only", "always"]
 
@@ -57,7 +56,7 @@ class SentenceEncoder(nn.Module):
         latent_attention: dict | None = None,
         attention: str | None = None,
         lora: dict | None = None,
-        mask_instruction: bool = False,
+        include_prompt: bool = True,
     ) -> None:
         super().__init__()
         if mlp_head not in ("none", "train_only", "always"):
@@ -68,8 +67,7 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.source = backbone.source
         self.pooler = check_pooler(pooler)
-        self.attention = check_attention(self.transformer, attention, self.pooler)  # decoders.py
-        self.transformer = add_lora(self.transformer, lora)  # None: no adapters (lora.py)
+        self.transformer, self.attention = adapted(self.transformer, attention, pooler, lora)
         self.mlp_head = mlp_head
         config = self.transformer.config
         if layer is not None and not 1 <= layer <= config.num_hidden_layers:
@@ -89,7 +87,7 @@ class SentenceEncoder(nn.Module):
         self.normalize, self.max_seq_length = False, None
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
-        self.mask_instruction, self.include_prompt = mask_instruction, not mask_instruction
+        self.include_prompt = include_prompt  # False: pooling skips them (modeling/prompts.py)
         self.pooling_layer = pooling_layer(pooler, config.hidden_size, latent_attention)
         self.head = None
         if mlp_head != "none":
@@ -143,15 +141,16 @@ class SentenceEncoder(nn.Module):
         return out.hidden_states if all_layers else (out.last_hidden_state,)
 
     def pooled(
-        self, input_ids: Tensor, attention_mask: Tensor, layer: int | None = None, backbone=None
+        self, input_ids, attention_mask, layer=None, backbone=None, prompt_length=None
     ) -> Tensor:
         """Pooled output of hidden layer `layer` (None: last), before any head: (N, L) -> (N, D).
-        `backbone` replaces the transformer (a momentum copy) while pooling stays this one's."""
+        `backbone` replaces the transformer (a momentum copy) while pooling stays this one's;
+        `prompt_length`: tokens of a prompt every row starts with (None: found by ids)."""
         all_layers = self.pooler in NEEDS_ALL_LAYERS or layer is not None
         states = self._hidden_states(input_ids, attention_mask, all_layers, backbone)
         if layer is not None:
             states = states[: layer + 1]  # states[0] is the embedding output
-        mask = pooling_mask(self, input_ids, attention_mask)
+        mask = pooling_mask(self, input_ids, attention_mask, prompt_length)
         return pool(self.pooler, states, mask, self.pooling_layer)
 
     def project(self, z: Tensor) -> Tensor:
@@ -164,12 +163,10 @@ class SentenceEncoder(nn.Module):
         z = self.pooled(input_ids, attention_mask)
         return self.project(z) if head else z
 
-    def embed_layers(
-        self, input_ids: Tensor, attention_mask: Tensor, head: bool = True
-    ) -> list[Tensor]:
+    def embed_layers(self, input_ids, attention_mask, head=True, prompt_length=None) -> list:
         """Training embeddings of every transformer layer 1..L from one forward: L x (N, D)."""
         states = self._hidden_states(input_ids, attention_mask, all_layers=True)
-        mask = pooling_mask(self, input_ids, attention_mask)
+        mask = pooling_mask(self, input_ids, attention_mask, prompt_length)
         pooled = [
             pool(self.pooler, states[: k + 1], mask, self.pooling_layer)
             for k in range(1, len(states))
@@ -178,8 +175,7 @@ class SentenceEncoder(nn.Module):
 
     def token_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The backbone's last hidden states (N, L, H), unpacked (token-level objectives: MLM)."""
-        masks = forward_kwargs(self.transformer, attention_mask, self.attention)
-        return self.transformer(input_ids=input_ids, **masks).last_hidden_state
+        return self._hidden_states(input_ids, attention_mask, False, self.transformer)[-1]
 
     def input_embeddings(self) -> Tensor:
         """The token embedding matrix (V, H), live (a tied MLM decoder reads it every step)."""
@@ -200,9 +196,10 @@ class SentenceEncoder(nn.Module):
     def _inference_head(self, z: Tensor) -> Tensor:
         return self.head(z) if self.mlp_head == "always" else z
 
-    def inference(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def inference(self, input_ids: Tensor, attention_mask: Tensor, prompt_length=None) -> Tensor:
         """The embedding evaluation sees: chosen layer, head only if `always`, first `dim` dims."""
-        z = self._inference_head(self.pooled(input_ids, attention_mask, self.layer))
+        z = self.pooled(input_ids, attention_mask, self.layer, prompt_length=prompt_length)
+        z = self._inference_head(z)
         z = z[:, : self.dim] if self.dim else z
         z = F.normalize(z, dim=-1) if self.normalize else z
         if not self.prefix_encoders:
@@ -211,12 +208,12 @@ class SentenceEncoder(nn.Module):
         parts = [_frozen_inference(e, input_ids, attention_mask) for e in self.prefix_encoders]
         return torch.cat([F.normalize(p.float(), dim=-1) for p in [*parts, z]], dim=-1)
 
-    def inference_layers(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def inference_layers(self, input_ids: Tensor, attention_mask: Tensor, prompt_length=None):
         """The inference embedding of every layer 1..L from one forward, without the `dim` cut:
         (N, T) -> (N, L, D). A stack of several encoders has no such grid."""
         if self.prefix_encoders:
             raise ConfigError("eval=grid scores one encoder's layers: this model stacks several")
-        layers = self.embed_layers(input_ids, attention_mask, head=False)
+        layers = self.embed_layers(input_ids, attention_mask, False, prompt_length)
         return torch.stack([self._inference_head(z) for z in layers], dim=1)
 
     # --- copies and stages -------------------------------------------------------------------------
@@ -266,23 +263,24 @@ class SentenceEncoder(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(
-        self, sentences: list[str], batch_size: int = 128, progress: bool = False, embed=None
-    ) -> Tensor:
+    def encode(self, sentences, batch_size=128, progress=False, embed=None, prompt=None) -> Tensor:
         """Inference embeddings (N, output_dim), float32 on CPU, in input order.
 
         Each distinct sentence is tokenized and encoded once, in batches of similar token length
         (sorting by tokens, not characters, pads least), with no truncation below the model's
         position limit. `embed(input_ids, attention_mask) -> (n, ...)` replaces `inference`
         (the layer x dim grid takes every layer from one forward); the result is then (N, ...).
+        `prompt` goes before every sentence (None: the default prompt), as in sentence-transformers.
         """
         from tqdm.auto import tqdm
 
         embed = embed or self.inference
 
         unique = list(dict.fromkeys(sentences))
-        limit = self.max_length
-        ids = self.tokenizer(unique, truncation=True, max_length=limit)["input_ids"]
+        limit, prompt = self.max_length, default_text(self) if prompt is None else prompt
+        texts = [prompt + s for s in unique]
+        ids = self.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+        length = prompt_length(self.tokenizer, prompt, limit)
         order = sorted(range(len(unique)), key=lambda i: -len(ids[i]))
         was_training = self.training
         self.eval()
@@ -291,7 +289,8 @@ class SentenceEncoder(nn.Module):
         for start in tqdm(starts, desc="encode", disable=not progress, leave=False):
             idx = order[start : start + batch_size]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            z = embed(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            mask = batch["attention_mask"].to(self.device)
+            z = embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
             if start == 0 and z.shape[1:] != vectors.shape[1:]:
                 vectors = torch.empty(len(unique), *z.shape[1:])
             vectors[idx] = z.float().cpu()

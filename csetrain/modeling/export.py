@@ -155,7 +155,7 @@ def _declare_bidirectional(config_file: Path) -> None:
 def _write_pooling(encoder: SentenceEncoder, path: Path) -> tuple[str, str]:
     """The pooling module's folder; returns its (folder, type) for modules.json."""
     if encoder.pooler == "latent_attention":
-        encoder.pooling_layer.save(path / LATENT_DIR)
+        encoder.pooling_layer.save(path / LATENT_DIR, include_prompt=encoder.include_prompt)
         source = Path(inspect.getfile(LatentAttention))
         shutil.copyfile(source, path / source.name)  # what sentence-transformers imports
         return LATENT_DIR, LATENT_TYPE
@@ -197,9 +197,11 @@ def load_sentence_encoder(
     dropout: float | None = None,
     layer: int | None = None,
     dim: int | None = None,
+    include_prompt: bool | None = None,
 ) -> SentenceEncoder:
     """Rebuild a SentenceEncoder from a folder saved by csetrain or sentence-transformers, as its
-    modules.json declares (st_folder.py); `pooler`/`layer`/`dim` override what was saved."""
+    modules.json declares (st_folder.py); `pooler`/`layer`/`dim`/`include_prompt` override what
+    was saved."""
     path = Path(path).expanduser()
     if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
         raise ConfigError(
@@ -225,7 +227,8 @@ def load_sentence_encoder(
         _load_head(encoder, modules.head_dir)
     encoder.normalize, encoder.max_seq_length = modules.normalize, modules.max_seq_length
     encoder.prompts, encoder.default_prompt_name = modules.prompts, modules.default_prompt_name
-    encoder.include_prompt = modules.include_prompt
+    saved = latent.include_prompt if latent is not None else modules.include_prompt
+    encoder.include_prompt = saved if include_prompt is None else include_prompt
     encoder.source = info.get("source", str(path))
     encoder.prefix_encoders = [
         load_sentence_encoder(path / p) for p in info.get("prefix_encoders", [])

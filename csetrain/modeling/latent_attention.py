@@ -15,8 +15,8 @@ loss and evaluation takes cosines, so it changes nothing there; a training-only 
 pooler sees the unnormalised vector, as it does after every other pooler).
 
 NV-Embed also leaves the instruction tokens out of that mean (in training and use): set
-`model.mask_instruction=true` with an instructed corpus (csetrain/modeling/prompt_mask.py gives
-this layer the mask without them).
+`model.include_prompt=false` with an instructed corpus (csetrain/modeling/prompts.py gives this
+layer the mask without them, in training forwards too; tests/test_prompt_mask.py on decoders).
 
 Padding: each token attends to the latents only (never to other tokens), so a padding token
 changes nothing but its own row, which the masked mean leaves out.
@@ -64,6 +64,7 @@ class LatentAttention(nn.Module):
         self.norm_mlp = nn.LayerNorm(hidden_size)
         self.mlp_in = nn.Linear(hidden_size, 2 * mlp_mult * hidden_size)  # GEGLU value + gate
         self.mlp_out = nn.Linear(mlp_mult * hidden_size, hidden_size)
+        self.include_prompt = True  # read by sentence-transformers' path (LatentAttentionPooling)
 
     def sizes(self) -> dict:
         """The constructor's keyword arguments besides `hidden_size` (`model.latent_attention`)."""
@@ -98,11 +99,13 @@ class LatentAttention(nn.Module):
         weights = mask.unsqueeze(-1).to(x.dtype)  # (N, L, 1)
         return (x * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
-    def save(self, folder: str | Path, **_) -> None:
-        """config.json + model.safetensors in `folder` (what `load` reads back)."""
+    def save(self, folder: str | Path, include_prompt: bool | None = None, **_) -> None:
+        """config.json + model.safetensors in `folder` (what `load` reads back); `include_prompt`
+        is the Pooling flag sentence-transformers applies (None: this layer's own)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = {"hidden_size": self.hidden_size, **self.sizes()}
+        include = self.include_prompt if include_prompt is None else include_prompt
+        config = {"hidden_size": self.hidden_size, **self.sizes(), "include_prompt": include}
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(folder / WEIGHTS_FILE))
@@ -111,7 +114,10 @@ class LatentAttention(nn.Module):
     def load(cls, folder: str | Path):
         """The layer `save` wrote to `folder`. (One parameter: sentence-transformers calls it so.)"""
         folder = Path(folder)
-        layer = cls(**json.loads((folder / CONFIG_FILE).read_text()))
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        include_prompt = config.pop("include_prompt", True)
+        layer = cls(**config)
+        layer.include_prompt = include_prompt
         layer.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         return layer
 
@@ -122,9 +128,14 @@ class LatentAttentionPooling(LatentAttention):
     `sentence_embedding`."""
 
     def forward(self, features: dict) -> dict:
-        features["sentence_embedding"] = super().forward(
-            features["token_embeddings"], features["attention_mask"]
-        )
+        mask = features["attention_mask"]
+        if not self.include_prompt and features.get("prompt_length"):
+            # sentence-transformers' Pooling rule: the first prompt_length real positions go
+            length = int(torch.as_tensor(features["prompt_length"]).reshape(-1)[0])
+            first = mask.to(torch.int32).argmax(dim=1)
+            positions = torch.arange(mask.shape[1], device=mask.device)[None]
+            mask = mask.masked_fill(positions < (first + length)[:, None], 0)
+        features["sentence_embedding"] = super().forward(features["token_embeddings"], mask)
         return features
 
     def get_sentence_embedding_dimension(self) -> int:

@@ -16,8 +16,11 @@ PoolerName = Literal[
 
 
 def cls_pool(hidden_states: tuple[Tensor, ...], mask: Tensor) -> Tensor:
-    """The [CLS] token of the last layer: (N, L, D) -> (N, D)."""
-    return hidden_states[-1][:, 0]
+    """The first pooled token of the last layer, as sentence-transformers takes it: [CLS] under
+    right padding; the first token after the prompt when pooling excludes the prompt (with
+    [CLS], csetrain/modeling/prompts.py). (N, L, D) -> (N, D)."""
+    first = mask.to(torch.int32).argmax(dim=1)  # (N,)
+    return hidden_states[-1][torch.arange(mask.shape[0], device=mask.device), first]
 
 
 def _masked_mean(states: Tensor, mask: Tensor) -> Tensor:

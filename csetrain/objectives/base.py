@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
 from csetrain.eval.diagnostics import effective_negatives
-from csetrain.losses import hard_negative_offset, info_nce, top1_accuracy
+from csetrain.losses import hard_negative_offset, info_nce, own_candidates_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.negatives.in_batch import InBatch
 from csetrain.runtime import gather_with_grad, rank_and_world
@@ -140,6 +140,8 @@ class InfoNCEObjective(Objective):
     def loss(self, views: dict[str, Tensor], batch: Batch) -> ObjectiveOutput:
         anchors, positives = views["anchor"], views["positive"]  # (B, D) each
         extra = self.miner.extra_negatives(anchors, views)
+        if not getattr(batch, "in_batch_negatives", True):  # a data=mix source set it false
+            return self.own_candidates_loss(anchors, positives, extra)
         # Under DDP every rank scores its anchors against all ranks' candidates (gathered with
         # gradient); anchor i of rank r is row r*B + i of the gathered positives.
         rank, world = rank_and_world()
@@ -149,12 +151,15 @@ class InfoNCEObjective(Objective):
         if extra is not None:
             more = gather_with_grad(extra.embeddings) if extra.gather else extra.embeddings
             if extra.aligned and self.hard_negative_weight:
+                # this rank's extras (k blocks of B rows) start at rank*k*B of the gathered ones
+                own = first * extra.blocks if extra.gather else 0
                 offset = hard_negative_offset(
                     len(anchors),
                     len(candidates) + len(more),
-                    len(candidates) + first,
+                    len(candidates) + own,
                     self.hard_negative_weight,
                     anchors.device,
+                    extra.blocks,
                 )
             candidates = torch.cat([candidates, more])  # (W*B + M, D)
         targets = first + torch.arange(len(anchors), device=anchors.device)
@@ -165,6 +170,30 @@ class InfoNCEObjective(Objective):
             {
                 "acc": top1_accuracy(logits, targets),
                 # how many negatives the gradient effectively weighs (perplexity of their softmax)
+                "effective_negatives": effective_negatives(logits, targets),
+            },
+        )
+
+    def own_candidates_loss(self, anchors: Tensor, positives: Tensor, extra) -> ObjectiveOutput:
+        """Each anchor against its own positive and its own (aligned) hard negatives only: no
+        other row of the batch, no other rank's rows. Aligned extras of M = K*B rows hold
+        anchor i's k-th negative at row k*B + i (field-major, like Batch)."""
+        if extra is None or not extra.aligned:
+            raise ConfigError(
+                "in_batch_negatives=false leaves an anchor only its own hard negatives, and this "
+                "batch has none: use negative_mining=hard_from_data with data that has hard_negative"
+            )
+        rows, dim = anchors.shape
+        own = extra.embeddings.reshape(-1, rows, dim).transpose(0, 1)  # (B, K, D)
+        loss, logits = own_candidates_nce(
+            anchors, positives, own, self.temperature, self.hard_negative_weight
+        )
+        logits = logits.detach()
+        targets = torch.zeros(rows, dtype=torch.long, device=anchors.device)
+        return ObjectiveOutput(
+            loss,
+            {
+                "acc": top1_accuracy(logits, targets),
                 "effective_negatives": effective_negatives(logits, targets),
             },
         )
