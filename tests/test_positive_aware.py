@@ -1,0 +1,51 @@
+"""positive_aware: NV-Retriever's TopK-PercPos rule on hand-made scores, and the online miner
+that applies it to MinedIndex's refreshed index."""
+
+import pytest
+import torch
+
+from csetrain.config import ConfigError
+from csetrain.negatives.positive_aware import PositiveAware, topk_percpos
+
+
+def test_topk_percpos_keeps_the_best_candidates_below_95_percent_of_the_positive():
+    # candidates best first; positive scores 0.8 / inf / 0.5
+    scores = torch.tensor(
+        [
+            [0.90, 0.80, 0.70, 0.50],  # threshold 0.95 * 0.8 = 0.76: 0.70 and 0.50 survive
+            [0.90, 0.80, 0.70, 0.50],  # no positive (inf): every candidate survives
+            [float("inf"), 0.40, 0.30, 0.20],  # inf = the row's own positive: never kept
+        ]
+    )
+    indices = torch.tensor([[3, 1, 2, 0], [3, 1, 2, 0], [7, 5, 6, 4]])
+    positive = torch.tensor([0.8, float("inf"), 0.5])  # row 3: threshold 0.475
+    assert topk_percpos(scores, indices, positive, 2, 0.95).tolist() == [
+        [2, 0],
+        [3, 1],
+        [5, 6],
+    ]
+    assert topk_percpos(scores, indices, positive, 3, 0.95).tolist() == [
+        [2, 0, -1],
+        [3, 1, 2],
+        [5, 6, 4],
+    ]
+    # fraction 1.0: a candidate tied with the positive is kept (<=), one above it is not
+    tied = topk_percpos(torch.tensor([[0.81, 0.8]]), torch.tensor([[0, 1]]), positive[:1], 2, 1.0)
+    assert tied.tolist() == [[1, -1]]
+
+
+def test_online_pick_uses_the_rank_window_and_returns_several_negatives():
+    miner = PositiveAware(fraction=0.95, num_negatives=2, ranks=(1, 4))
+    scores = torch.tensor([[1.0, 0.9, 0.6, 0.5, 0.1]])  # rank 0: the anchor itself
+    indices = torch.tensor([[0, 4, 3, 2, 1]])
+    picked = miner.pick(scores, indices, torch.tensor([0.7]), gen=None)
+    assert picked.tolist() == [[3, 2]]  # 0.9 > 0.665 dropped; rank 4 (0.1) is outside [1, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [({"fraction": 1.5}, "fraction"), ({"num_negatives": 0}, "num_negatives")],
+)
+def test_bad_settings_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=f"negative_mining.{key}"):
+        PositiveAware(**kwargs)
