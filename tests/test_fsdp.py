@@ -1,0 +1,105 @@
+"""FSDP2 on CPU: two gloo processes with `fully_shard`ed encoders (each holding half of every
+parameter) give the same loss and gradients as one unsharded process on the whole batch, with
+the gathered-negative loss unchanged; a DCP checkpoint resumes a sharded run exactly.
+
+Float64 on both sides, for the reason (and tolerance) of tests/test_ddp.py's docstring."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from csetrain.runtime import average_gradients
+from csetrain.sharding import full_state_dict, is_sharded, load_sharded, save_sharded, shard_encoder
+
+from .test_ddp import FLOAT64_RTOL, _free_port, _loss_and_grads, _setup
+
+LR = 1e-3
+
+
+def _sharded_step(encoder, objective, batch, optimizer, rank, world):
+    out = objective(encoder, batch.shard(rank, world))
+    out.loss.backward()
+    average_gradients(list(encoder.parameters()))  # must leave FSDP's reduced DTensors alone
+    grads = {n: p.grad.full_tensor() for n, p in encoder.named_parameters()}
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out.loss.item(), grads
+
+
+def _fresh(rank, world):
+    encoder, objective, batch = _setup()
+    shard_encoder(encoder)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=LR, fused=True)
+    return encoder, objective, batch, optimizer
+
+
+def _full(encoder):
+    return {n: p.full_tensor().clone() for n, p in encoder.named_parameters()}
+
+
+def _worker(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        encoder, objective, batch, optimizer = _fresh(rank, world)
+        local = {n: p.to_local().numel() for n, p in encoder.named_parameters()}
+        sharded = all(is_sharded(p) for p in encoder.parameters())
+        loss, grads = _sharded_step(encoder, objective, batch, optimizer, rank, world)
+        save_sharded(os.path.join(folder, "dcp"), encoder, optimizer)  # after step 1
+        _sharded_step(encoder, objective, batch, optimizer, rank, world)
+        after_two = _full(encoder)
+        # a new process's view: fresh sharded model and optimizer, state read back, step 2
+        encoder, objective, batch, optimizer = _fresh(rank, world)
+        load_sharded(os.path.join(folder, "dcp"), encoder, optimizer)
+        _sharded_step(encoder, objective, batch, optimizer, rank, world)
+        resumed = _full(encoder)
+        exported = full_state_dict(encoder)
+        result = (loss, grads, after_two, resumed, local, sharded, len(exported))
+        torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fsdp")
+    mp.spawn(_worker, args=(2, _free_port(), str(folder)), nprocs=2, join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_two_sharded_processes_give_the_loss_and_gradients_of_one(shards):
+    single_loss, single_grads = _loss_and_grads(0, 1)
+    assert (shards[0][0] + shards[1][0]) / 2 == pytest.approx(single_loss, rel=FLOAT64_RTOL)
+    scale = max(grad.abs().max().item() for grad in single_grads.values())
+    for _, grads, *_ in shards:
+        assert grads.keys() == single_grads.keys()
+        for name, grad in single_grads.items():
+            torch.testing.assert_close(
+                grads[name], grad, atol=FLOAT64_RTOL * scale, rtol=FLOAT64_RTOL, msg=name
+            )
+
+
+def test_every_parameter_is_sharded_in_halves(shards):
+    encoder, _, _ = _setup()
+    full = {n: p.numel() for n, p in encoder.named_parameters()}
+    local = [s[4] for s in shards]
+    assert all(s[5] for s in shards)  # every parameter a DTensor
+    for name, numel in full.items():  # dim-0 halves (the larger one first when odd)
+        assert local[0][name] + local[1][name] == numel and local[0][name] >= local[1][name]
+    assert sum(local[0].values()) < 0.51 * sum(full.values())
+    assert shards[0][6] == len(full) and shards[1][6] == 0  # full weights on rank 0 only
+
+
+def test_dcp_checkpoint_resumes_the_sharded_run_exactly(shards):
+    # equal bit for bit only if both the weights and Adam's moments came back: a fresh Adam's
+    # first step (about lr x sign(grad)) differs from the second step of a running one
+    for _, _, after_two, resumed, *_ in shards:
+        assert after_two.keys() == resumed.keys()
+        for name in after_two:
+            assert torch.equal(after_two[name], resumed[name]), name
+    # both ranks gather the same full weights
+    for name in shards[0][2]:
+        assert torch.equal(shards[0][2][name], shards[1][2][name]), name
