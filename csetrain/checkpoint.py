@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from csetrain.config import ConfigError
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.export import load_sentence_encoder, save_sentence_transformer
+from csetrain.modeling.lora import load_trainable_state, trainable_state
 from csetrain.runtime import rng_states, set_rng_states
 
 
@@ -46,7 +47,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    """What resume needs of `module`: all its state, less the frozen base under LoRA adapters."""
+    return {k: v.detach().cpu().contiguous() for k, v in trainable_state(module).items()}
 
 
 class Checkpointer:
@@ -97,8 +99,8 @@ class Checkpointer:
     def load_state(self, encoder, objective, optimizer, scheduler) -> tuple[int, dict]:
         """Restore weights, optimizer, scheduler and RNG from `last/`; returns (step, progress)."""
         try:
-            encoder.load_state_dict(load_file(str(self.last_dir / "encoder.safetensors")))
-            objective.load_state_dict(load_file(str(self.last_dir / "objective.safetensors")))
+            load_trainable_state(encoder, load_file(str(self.last_dir / "encoder.safetensors")))
+            load_trainable_state(objective, load_file(str(self.last_dir / "objective.safetensors")))
             state = torch.load(self.last_dir / "trainer_state.pt", weights_only=True)
         except Exception as err:  # truncated or foreign files
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

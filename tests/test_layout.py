@@ -75,6 +75,10 @@ def test_mteb_only_in_its_evaluator():
     assert importers("mteb") == {"csetrain/eval/mteb.py", "csetrain/eval/mteb_encoder.py"}
 
 
+def test_peft_only_in_the_lora_module():
+    assert importers("peft") == {"csetrain/modeling/lora.py"}
+
+
 def test_torch_cuda_only_in_runtime():
     assert {p for p, t in sources().items() if uses_torch_cuda(t)} == {"csetrain/runtime.py"}
 

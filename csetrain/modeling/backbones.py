@@ -103,16 +103,23 @@ def model_kwargs(config: PretrainedConfig) -> dict:
     return kwargs
 
 
-def from_pretrained(name_or_path: str, dropout: float | None = None) -> Backbone:
-    """Any AutoModel encoder checkpoint (hub id or local folder); the hub is only reached if
+def from_pretrained(
+    name_or_path: str, dropout: float | None = None, dtype: torch.dtype | None = None
+) -> Backbone:
+    """Any AutoModel checkpoint (hub id or local folder); the hub is only reached if
     the id is not cached. Remote code is never run (`trust_remote_code=False`, no prompt), and
-    weights are read from safetensors only (a pickled `pytorch_model.bin` is refused)."""
+    weights are read from safetensors only (a pickled `pytorch_model.bin` is refused). `dtype`
+    loads the weights in that type (None: transformers' default)."""
     try:
         tokenizer = load_tokenizer(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
         set_dropout(config, dropout)
         model = AutoModel.from_pretrained(
-            name_or_path, config=config, use_safetensors=True, **model_kwargs(config)
+            name_or_path,
+            config=config,
+            use_safetensors=True,
+            **({"dtype": dtype} if dtype is not None else {}),
+            **model_kwargs(config),
         )
     except ConfigError:
         raise

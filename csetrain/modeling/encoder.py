@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
+from csetrain.modeling.decoders import check_attention, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
 from csetrain.modeling.momentum import MomentumEncoder
 from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
@@ -52,6 +53,8 @@ class SentenceEncoder(nn.Module):
         layer: int | None = None,
         dim: int | None = None,
         latent_attention: dict | None = None,
+        attention: str | None = None,
+        lora: dict | None = None,
     ) -> None:
         super().__init__()
         if mlp_head not in ("none", "train_only", "always"):
@@ -62,6 +65,12 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.source = backbone.source
         self.pooler = check_pooler(pooler)
+        # Decoders: causal (their own) or bidirectional attention (modeling/decoders.py).
+        self.attention = check_attention(self.transformer, attention)
+        if lora:  # low-rank adapters; only they (and pooler/head) train (modeling/lora.py)
+            from csetrain.modeling.lora import add_lora
+
+            self.transformer = add_lora(self.transformer, lora)
         self.mlp_head = mlp_head
         config = self.transformer.config
         if layer is not None and not 1 <= layer <= config.num_hidden_layers:
@@ -129,10 +138,9 @@ class SentenceEncoder(nn.Module):
         packed = backbone is None and self.packing and self.training and not all_layers
         backbone = self.transformer if backbone is None else backbone
         if packed and supports_packing(backbone):
-            return (packed_last_hidden_state(backbone, input_ids, attention_mask),)
-        out = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=all_layers
-        )
+            return (packed_last_hidden_state(backbone, input_ids, attention_mask, self.attention),)
+        masks = forward_kwargs(backbone, attention_mask, self.attention)
+        out = backbone(input_ids=input_ids, output_hidden_states=all_layers, **masks)
         return out.hidden_states if all_layers else (out.last_hidden_state,)
 
     def pooled(
@@ -169,9 +177,8 @@ class SentenceEncoder(nn.Module):
 
     def token_states(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """The backbone's last hidden states (N, L, H), unpacked (token-level objectives: MLM)."""
-        return self.transformer(
-            input_ids=input_ids, attention_mask=attention_mask
-        ).last_hidden_state
+        masks = forward_kwargs(self.transformer, attention_mask, self.attention)
+        return self.transformer(input_ids=input_ids, **masks).last_hidden_state
 
     def input_embeddings(self) -> Tensor:
         """The token embedding matrix (V, H), live (a tied MLM decoder reads it every step)."""

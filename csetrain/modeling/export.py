@@ -30,6 +30,7 @@ from csetrain.config import ConfigError
 from csetrain.modeling.backbones import from_pretrained
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.latent_attention import LatentAttention
+from csetrain.modeling.lora import has_lora, merged, save_adapter
 from csetrain.modeling.st_folder import ST_POOLING, read_modules
 
 ACTIVATIONS = {
@@ -63,10 +64,12 @@ def _write_dense(
 
 
 def _inference_transformer(encoder: SentenceEncoder):
-    """The transformer as inference sees it: cut after `encoder.layer` if one is chosen."""
+    """The transformer as inference sees it: LoRA adapters merged into (a copy of) its weights,
+    cut after `encoder.layer` if one is chosen."""
+    model = merged(encoder.transformer) if has_lora(encoder.transformer) else encoder.transformer
     if encoder.layer is None or encoder.layer == encoder.num_layers:
-        return encoder.transformer
-    model = copy.deepcopy(encoder.transformer)
+        return model
+    model = copy.deepcopy(model)
     for path in LAYER_LISTS:
         owner = model
         for name in path[:-1]:
@@ -96,6 +99,9 @@ def save_sentence_transformer(
         )
     path = Path(path)
     _inference_transformer(encoder).save_pretrained(path, safe_serialization=True)
+    save_adapter(encoder.transformer, path)
+    if encoder.attention == "bidirectional":
+        _declare_bidirectional(path / "config.json")
     encoder.tokenizer.save_pretrained(path)
     modules = [("", "sentence_transformers.models.Transformer"), _write_pooling(encoder, path)]
     if encoder.mlp_head == "always":  # a train-only head is not part of the inference model
@@ -127,6 +133,7 @@ def save_sentence_transformer(
         "dim": encoder.dim,
         "source": encoder.source,
         "layer_of_trained_model": encoder.layer,
+        "attention": encoder.attention,
     }
     # Encoders whose embeddings precede this one's (MCL's earlier stages): sentence-transformers
     # has no module for parallel transformers, so they are csetrain folders of their own.
@@ -135,6 +142,14 @@ def save_sentence_transformer(
         info.setdefault("prefix_encoders", []).append(f"prefix_{i}")
     _write_json(path / "csetrain.json", {**info, **(metadata or {})})
     return path
+
+
+def _declare_bidirectional(config_file: Path) -> None:
+    """A decoder trained without its causal mask: `is_causal: false` in its config.json makes
+    transformers build bidirectional masks (masking_utils), so sentence-transformers' plain
+    2-D-mask forward computes what training did."""
+    config = json.loads(config_file.read_text())
+    _write_json(config_file, {**config, "is_causal": False})
 
 
 def _write_pooling(encoder: SentenceEncoder, path: Path) -> tuple[str, str]:
@@ -202,6 +217,7 @@ def load_sentence_encoder(
         layer=layer,
         dim=dim or info.get("dim") or modules.dim,
         latent_attention=latent.sizes() if latent is not None else None,
+        attention=info.get("attention"),
     )
     if latent is not None:
         encoder.pooling_layer.load_state_dict(latent.state_dict())

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from csetrain.modeling.attention_mask import additive_mask, allowed_keys, is_decoder
+
 # Position ids of RoBERTa-style models start after the padding index (HF's
 # `create_position_ids_from_input_ids`); BERT-style models count from 0.
 PADDING_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert"}
@@ -45,17 +47,19 @@ class Packed:
     position_ids: Tensor  # (R, C)
     attention_mask: Tensor  # (R, 1, C, C) bool: True = may attend
     slots: Tensor  # (T,) flat packed slot of each real token, in padded row-major order
+    segments: Tensor  # (R, C) sentence of each slot; padding slots a unique negative id each
 
 
 def pack(input_ids: Tensor, attention_mask: Tensor, pad_id: int, position_offset: int) -> Packed:
-    """Right-padded (N, L) batch -> packed rows of capacity 2L (a row holds 2+ sentences)."""
+    """Padded (N, L) batch (right or left) -> packed rows of capacity 2L (a row holds 2+
+    sentences)."""
     n, width = input_ids.shape
     lengths = attention_mask.sum(1)
     capacity = 2 * width
     place = torch.tensor(first_fit_decreasing(lengths.tolist(), capacity), device=input_ids.device)
     rows = int(place[:, 0].max()) + 1
-    real = attention_mask.bool()  # (N, L); right padding: real tokens come first
-    token = torch.arange(width, device=input_ids.device).expand(n, width)[real]  # (T,)
+    real = attention_mask.bool()  # (N, L)
+    token = (attention_mask.long().cumsum(1) - 1)[real]  # (T,) position within its sentence
     seq = torch.arange(n, device=input_ids.device)[:, None].expand(n, width)[real]  # (T,)
     slots = place[seq, 0] * capacity + place[seq, 1] + token
     ids = torch.full((rows * capacity,), pad_id, dtype=input_ids.dtype, device=input_ids.device)
@@ -67,7 +71,7 @@ def pack(input_ids: Tensor, attention_mask: Tensor, pad_id: int, position_offset
     segment[slots] = seq
     segment = segment.view(rows, capacity)
     mask = (segment[:, :, None] == segment[:, None, :]).unsqueeze(1)  # (R, 1, C, C)
-    return Packed(ids.view(rows, capacity), positions.view(rows, capacity), mask, slots)
+    return Packed(ids.view(rows, capacity), positions.view(rows, capacity), mask, slots, segment)
 
 
 def unpack(states: Tensor, packed: Packed, attention_mask: Tensor) -> Tensor:
@@ -83,7 +87,9 @@ PACKABLE_MODELS = {"bert", *PADDING_OFFSET_MODELS}  # take position_ids and a 4D
 
 
 def supports_packing(transformer) -> bool:
-    return transformer.config.model_type in PACKABLE_MODELS
+    """BERT-family encoders, and decoders (their 4-D mask carries the segments, modeling/
+    decoders.py)."""
+    return transformer.config.model_type in PACKABLE_MODELS or is_decoder(transformer)
 
 
 def position_offset(config) -> int:
@@ -92,14 +98,22 @@ def position_offset(config) -> int:
     return 0
 
 
-def packed_last_hidden_state(transformer, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """The transformer's last hidden states for a padded batch, computed on packed rows."""
+def packed_last_hidden_state(
+    transformer, input_ids: Tensor, attention_mask: Tensor, attention: str | None = None
+) -> Tensor:
+    """The transformer's last hidden states for a padded batch, computed on packed rows. A
+    decoder's mask is block-diagonal and, unless `attention='bidirectional'`, causal within
+    each block."""
     config = transformer.config
     packed = pack(input_ids, attention_mask, config.pad_token_id or 0, position_offset(config))
+    kwargs = {"token_type_ids": torch.zeros_like(packed.input_ids)}
+    mask = packed.attention_mask
+    if is_decoder(transformer):
+        real = (packed.segments >= 0).long()
+        causal = attention != "bidirectional"
+        mask = additive_mask(allowed_keys(real, causal, packed.segments), transformer.dtype)
+        kwargs = {}
     out = transformer(
-        input_ids=packed.input_ids,
-        attention_mask=packed.attention_mask,
-        position_ids=packed.position_ids,
-        token_type_ids=torch.zeros_like(packed.input_ids),
+        input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, **kwargs
     )
     return unpack(out.last_hidden_state, packed, attention_mask)
