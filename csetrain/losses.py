@@ -40,13 +40,17 @@ def info_nce(
     return F.cross_entropy(upcast(logits), targets), logits
 
 
-def hard_negative_offset(rows: int, columns: int, start: int, weight: float, device=None) -> Tensor:
-    """SimCSE's offset matrix (rows, columns): `weight` at (i, start + i), anchor i's own hard
-    negative; zero elsewhere. SimCSE's `hard_negative_weight` is this *logit* offset, i.e. the
+def hard_negative_offset(
+    rows: int, columns: int, start: int, weight: float, device=None, blocks: int = 1
+) -> Tensor:
+    """SimCSE's offset matrix (rows, columns): `weight` at (i, start + j*rows + i) for each
+    block j < `blocks`, anchor i's own hard negatives (k of them lie in k blocks of `rows`
+    columns); zero elsewhere. SimCSE's `hard_negative_weight` is this *logit* offset, i.e. the
     log of the multiplicative weight: 0 means weight 1."""
     offset = torch.zeros(rows, columns, device=device)
     index = torch.arange(rows, device=device)
-    offset[index, start + index] = weight
+    for block in range(blocks):
+        offset[index, start + block * rows + index] = weight
     return offset
 
 

@@ -1,5 +1,6 @@
 """DDP on CPU: two gloo processes, each with half the batch, give the same loss and gradients
-as one process on the whole batch (negatives gathered with gradient, hard negatives aligned).
+as one process on the whole batch (negatives gathered with gradient, hard negatives aligned),
+with one hard negative a row and with k = 3 (fields hard_negative_1..3, the weight on each).
 
 Both sides run in float64: the 2-process sums run in another order than the 1-process ones, and
 in float32 that order alone moves gradients by ~1e-6 relative, more or less on each CPU. In
@@ -18,6 +19,7 @@ import torch.multiprocessing as mp
 
 from csetrain.augmentations.dropout import Dropout
 from csetrain.data.collate import Collator
+from csetrain.data.hard_negatives import negative_fields
 from csetrain.modeling.backbones import tiny
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.negatives.hard_from_data import HardFromData
@@ -37,17 +39,24 @@ TEXTS = [
 FLOAT64_RTOL = 1e-9  # see the module docstring
 
 
-def _setup():
+NEVER = (" never", " not at all", " or else", " maybe")  # what makes each hard negative
+
+
+def _setup(negatives: int = 1):
     torch.manual_seed(0)  # the MLP head's init draws from the global RNG
     encoder = SentenceEncoder(tiny(dropout=0.0), pooler="cls", mlp_head="always").double()
     tok = encoder.tokenizer
+    fields = negative_fields(negatives)
     rows = {
         "anchor_ids": tok(TEXTS)["input_ids"],
         "positive_ids": tok(TEXTS[::-1])["input_ids"],
-        "hard_negative_ids": tok([t + " never" for t in TEXTS])["input_ids"],
+        **{
+            f"{field}_ids": tok([t + tail for t in TEXTS])["input_ids"]
+            for field, tail in zip(fields, NEVER)
+        },
     }
     collate = Collator(
-        ("anchor", "positive", "hard_negative"),
+        ("anchor", "positive", *fields),
         Dropout(),
         tok.pad_token_id,
         set(),
@@ -60,8 +69,8 @@ def _setup():
     return encoder, objective, collate(rows, step=0)
 
 
-def _loss_and_grads(rank: int, world: int):
-    encoder, objective, batch = _setup()
+def _loss_and_grads(rank: int, world: int, negatives: int = 1):
+    encoder, objective, batch = _setup(negatives)
     out = objective(encoder, batch.shard(rank, world))
     out.loss.backward()
     params = [p for p in encoder.parameters() if p.requires_grad]
@@ -71,11 +80,12 @@ def _loss_and_grads(rank: int, world: int):
     }
 
 
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
+def _worker(rank: int, world: int, port: int, folder: str, negatives: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        torch.save(_loss_and_grads(rank, world), os.path.join(folder, f"rank{rank}.pt"))
+        result = _loss_and_grads(rank, world, negatives)
+        torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -86,13 +96,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_loss_and_gradients_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("negatives", [1, 3])
+def test_two_process_loss_and_gradients_equal_single_process(tmp_path, negatives):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), negatives), nprocs=2, join=True)
     shards = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single_loss, single_grads = _loss_and_grads(0, 1)
+    single_loss, single_grads = _loss_and_grads(0, 1, negatives)
     # each rank's loss is the mean over its anchors, so their mean is the full-batch mean
     assert sum(loss for loss, _ in shards) / 2 == pytest.approx(single_loss, rel=FLOAT64_RTOL)
-    _, _, batch = _setup()
+    _, _, batch = _setup(negatives)
+    assert len(batch.fields) == 2 + negatives
     halves = batch.shard(0, 2), batch.shard(1, 2)
     assert halves[0].size == halves[1].size == 3 and halves[0].fields == batch.fields
     assert not torch.equal(halves[0].input_ids[:1], halves[1].input_ids[:1])  # different rows

@@ -99,6 +99,7 @@ def test_every_format_gives_the_same_records(tmp_path, fmt):
     assert corpus.tags == {
         "data.dropped_rows": "0",
         "data.columns": "anchor=sent0,positive=sent1,hard_negative=hard_neg",
+        "data.hard_negatives": "1",
     }
     assert corpus.checksums and all(len(d) == 64 for d in corpus.checksums.values())
 

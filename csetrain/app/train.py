@@ -28,6 +28,7 @@ from csetrain.checkpoint import Checkpointer, write_text_atomic
 from csetrain.config import ConfigError, Settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
+from csetrain.data.hard_negatives import expand_roles, role_fields
 from csetrain.data.sources import Corpus, load_corpus
 from csetrain.eval.grid import grid_after_training
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
@@ -50,8 +51,9 @@ def after_training(cfg: DictConfig) -> list[str]:
 
 
 def check_fields(objective, corpus: Corpus) -> None:
-    """The objective (and its miner) say what they need; the data must provide it."""
-    missing = [f for f in objective.required_data_fields if f not in corpus.fields]
+    """The objective (and its miner) say what roles they need; the data must provide them
+    (the role hard_negative: as `hard_negative` or as k fields `hard_negative_1..k`)."""
+    missing = [f for f in objective.required_data_fields if not role_fields(f, corpus.fields)]
     if missing:
         raise ConfigError(
             f"objective {type(objective).__name__} (with negative_mining {type(objective.miner).__name__}) "
@@ -119,8 +121,11 @@ def build(
     objective.to(runtime.device)
     tokenizer = encoder.tokenizer
     collator = Collator(
-        data_fields=objective.data_fields
-        + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+        data_fields=expand_roles(
+            objective.data_fields
+            + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
+            corpus.fields,
+        ),
         augmentation=instantiate(cfg.augmentation),
         pad_id=tokenizer.pad_token_id,
         special_ids=set(tokenizer.all_special_ids),

@@ -12,7 +12,6 @@ from pathlib import Path
 from csetrain.config import ConfigError
 from csetrain.data.file_formats import (
     SUFFIXES,
-    Row,
     Table,
     checksum_names,
     columns_table,
@@ -21,13 +20,21 @@ from csetrain.data.file_formats import (
     pick_split,
     read_file,
 )
+from csetrain.data.hard_negatives import (
+    column_list,
+    common_count,
+    negative_fields,
+    numbered_columns,
+)
+from csetrain.data.rows import BadRows, parsed_rows, records_of
 from csetrain.data.sources import Corpus, sha256_file
 
 log = logging.getLogger(__name__)
 
 ROLES = ("anchor", "positive", "hard_negative")
 # Column names of common layouts, tried in order (case-insensitive); a layout matches when its
-# anchor (and positive, where it has one) columns exist; its hard_negative column is optional.
+# anchor (and positive, where it has one) columns exist; its hard_negative column is optional,
+# and may be a list column or numbered columns (negative_1, negative_2, ...).
 LAYOUTS = (
     (
         "sentence-transformers",
@@ -40,7 +47,6 @@ LAYOUTS = (
     ("text", {"anchor": "text"}),
     ("sentence", {"anchor": "sentence"}),
 )
-POLICIES = ("fail", "drop")
 
 
 def default_mapping(table: Table) -> dict[str, str]:
@@ -50,7 +56,11 @@ def default_mapping(table: Table) -> dict[str, str]:
     for _, layout in LAYOUTS:
         needed = [r for r in ("anchor", "positive") if r in layout]
         if all(layout[r] in by_lower for r in needed):
-            return {r: by_lower[c] for r, c in layout.items() if c in by_lower}
+            mapping = {r: by_lower[c] for r, c in layout.items() if c in by_lower}
+            base = layout.get("hard_negative") if "hard_negative" not in mapping else None
+            if base and (numbered := numbered_columns(base, by_lower)):
+                mapping["hard_negative"] = numbered[0] if len(numbered) == 1 else numbered
+            return mapping
     if len(table.columns) in (1, 2):
         return dict(zip(ROLES, table.columns))
     raise ConfigError(
@@ -59,72 +69,27 @@ def default_mapping(table: Table) -> dict[str, str]:
     )
 
 
-def given_mapping(columns: dict, table: Table) -> dict[str, str]:
-    """The user's `data.columns` ({role: column}), checked against the roles and the table."""
+def given_mapping(columns: dict, table: Table) -> dict[str, str | list[str]]:
+    """The user's `data.columns` ({role: column}; hard_negative may name a list of columns),
+    checked against the roles and the table."""
     if unknown := [r for r in columns if r not in ROLES]:
         raise ConfigError(f"data.columns: unknown roles {unknown} — use {list(ROLES)}")
     if "anchor" not in columns:
         raise ConfigError("data.columns names no anchor column — add anchor: <column>")
-    mapping = {r: str(columns[r]) for r in ROLES if columns.get(r) is not None}
-    for role, column in mapping.items():
-        if column not in table.columns:
+    mapping = {}
+    for role in (r for r in ROLES if columns.get(r) is not None):
+        names = column_list(columns[role])
+        if len(names) != 1 and role != "hard_negative":
             raise ConfigError(
-                f"{table.label}: no column '{column}' for data.columns.{role} — its columns are {table.columns}"
+                f"data.columns.{role}={names}: name one column (only hard_negative takes a list)"
             )
+        for column in names:
+            if column not in table.columns:
+                raise ConfigError(
+                    f"{table.label}: no column '{column}' for data.columns.{role} — its columns are {table.columns}"
+                )
+        mapping[role] = names[0] if len(names) == 1 else names
     return mapping
-
-
-def bad_value(value, column: str) -> tuple[str, str] | None:
-    """What is wrong with a value where text is expected, and the fix; None if it is text."""
-    if value is _MISSING:
-        return f"no '{column}' value", "add it"
-    if value is None:
-        return f"'{column}' is null", "give it text"
-    if not isinstance(value, str):
-        kind = {bool: "boolean", int: "number", float: "number"}.get(
-            type(value), type(value).__name__
-        )
-        return f"'{column}' is a {kind} ({str(value)[:40]}), not text", "give it text"
-    if not value.strip():
-        return f"'{column}' is empty", "fill it in"
-    return None
-
-
-_MISSING = object()
-
-
-class BadRows:
-    """The `data.on_bad_row` policy: fail on the first bad row, or drop and count them."""
-
-    def __init__(self, policy: str):
-        if policy not in POLICIES:
-            raise ConfigError(f"data.on_bad_row={policy!r}: choose one of {list(POLICIES)}")
-        self.policy, self.dropped, self.first = policy, 0, None
-
-    def report(self, label: str, row: Row, problem: tuple[str, str]) -> None:
-        what, fix = problem
-        message = (
-            f"{label}:{row.where}: {what} — {fix}, delete the row, or set data.on_bad_row=drop"
-        )
-        if self.policy == "fail":
-            raise ConfigError(message)
-        self.dropped += 1
-        self.first = self.first or message
-
-
-def records_of(table: Table, mapping: dict[str, str], bad: BadRows) -> list[dict[str, str]]:
-    """The table's rows as {role: stripped text}; bad rows go to the policy."""
-    records = []
-    for row in table.rows:
-        problem = row.problem
-        for column in mapping.values():
-            if problem is None:
-                problem = bad_value(row.values.get(column, _MISSING), column)
-        if problem is not None:
-            bad.report(table.label, row, problem)
-            continue
-        records.append({role: row.values[column].strip() for role, column in mapping.items()})
-    return records
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -172,7 +137,13 @@ class Files:
     they decide which objectives can train on it. A bad row (a missing or null value, empty
     text, a number or list where text belongs, a malformed line) fails the load with
     `file:row: what — fix` (`on_bad_row: fail`) or is dropped and counted in the tag
-    `data.dropped_rows` (`on_bad_row: drop`). Texts are stripped; duplicates are kept."""
+    `data.dropped_rows` (`on_bad_row: drop`). Texts are stripped; duplicates are kept.
+
+    Hard negatives: the hard_negative column may hold a list of texts, several columns may be
+    mapped to it (`hard_negative: [n1, n2, n3]`; a layout's numbered `negative_1..k` are found
+    by default); a row's negatives are its columns' texts in order. k (`negatives`, else the
+    count most rows of the first file have) is the same for every row: a row with another
+    count is a bad row. See csetrain/data/hard_negatives.py for the fields they become."""
 
     def __init__(
         self,
@@ -183,6 +154,7 @@ class Files:
         columns: dict | None = None,
         header: bool = True,
         on_bad_row: str = "fail",
+        negatives: int | None = None,
         name: str = "files",
         max_length: int = 32,
         max_sentences: int | None = None,
@@ -194,6 +166,13 @@ class Files:
         self.path, self.hub, self.subset, self.split = path, hub, subset, split
         self.columns, self.header, self.on_bad_row = dict(columns or {}), header, on_bad_row
         self.name, self.max_length, self.max_sentences = name, max_length, max_sentences
+        if negatives is not None and (
+            isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1
+        ):
+            raise ConfigError(
+                f"data.negatives={negatives!r}: give k, the hard negatives of every row (an integer >= 1), or null to take the count most rows have"
+            )
+        self.negatives = negatives
 
     def tables(self) -> tuple[list[Table], dict[str, str]]:
         """The tables to read and the sha256 of every file behind them."""
@@ -212,19 +191,44 @@ class Files:
         checksums = checksum_names({f: sha256_file(f) for f in files}, root)
         return [read_file(f, self.header) for f in files], checksums
 
-    def load(self) -> Corpus:
-        tables, checksums = self.tables()
-        bad, records, mappings, fields, unread = BadRows(self.on_bad_row), [], {}, None, {}
+    def read(self, tables: list[Table], bad: BadRows):
+        """(records, each table's mapping, the fields, the columns not read) of the tables,
+        which must share their roles and their k hard negatives a row (data.negatives, else
+        the first table's most common count)."""
+        records, mappings, roles, unread = [], {}, None, {}
+        count = self.negatives
         for table in (t for t in tables if t.rows):
             mapping = given_mapping(self.columns, table) if self.columns else default_mapping(table)
-            roles = tuple(r for r in ROLES if r in mapping)
-            if fields is not None and roles != fields:
+            found = tuple(r for r in ROLES if r in mapping)
+            if roles is not None and found != roles:
                 raise ConfigError(
-                    f"{table.label}: gives roles {list(roles)}, earlier files {list(fields)} — read files of one layout together"
+                    f"{table.label}: gives roles {list(found)}, earlier files {list(roles)} — read files of one layout together"
                 )
-            fields, mappings[table.label] = roles, mapping
-            unread.update(dict.fromkeys(c for c in table.columns if c not in mapping.values()))
-            records += records_of(table, mapping, bad)
+            roles, mappings[table.label] = found, mapping
+            used = [c for value in mapping.values() for c in column_list(value)]
+            unread.update(dict.fromkeys(c for c in table.columns if c not in used))
+            parsed = parsed_rows(table, mapping, bad)
+            if count is None:
+                count = common_count(
+                    [len(r["hard_negative"]) for _, r in parsed if "hard_negative" in r]
+                )
+            given = self.negatives is not None
+            records += records_of(table.label, parsed, count, given, bad)
+        if self.negatives is not None and "hard_negative" not in (roles or ()):
+            raise ConfigError(
+                f"data.negatives={self.negatives} but no column is mapped to hard_negative — map one in data.columns or unset data.negatives"
+            )
+        fields = tuple(
+            f
+            for r in roles or ()
+            for f in (negative_fields(count) if r == "hard_negative" else (r,))
+        )
+        return records, mappings, fields, list(unread)
+
+    def load(self) -> Corpus:
+        tables, checksums = self.tables()
+        bad = BadRows(self.on_bad_row)
+        records, mappings, fields, unread = self.read(tables, bad)
         records = records[: self.max_sentences or None]
         source = f"data.hub={self.hub!r}" if self.hub else f"data.path={self.path!r}"
         if not records:
@@ -235,7 +239,10 @@ class Files:
         if bad.dropped:
             log.warning("%s: dropped %d bad rows; the first: %s", source, bad.dropped, bad.first)
         described = ";".join(
-            dict.fromkeys(",".join(f"{r}={c}" for r, c in m.items()) for m in mappings.values())
+            dict.fromkeys(
+                ",".join(f"{r}={'+'.join(column_list(c))}" for r, c in m.items())
+                for m in mappings.values()
+            )
         )
         log.info(
             "%s: %d rows from %d source(s), columns %s%s",
@@ -249,6 +256,8 @@ class Files:
         # (through the name) together with the checksums.
         digest = hashlib.sha256(json.dumps(list(mappings.values())).encode()).hexdigest()[:8]
         tags = {"data.dropped_rows": str(bad.dropped), "data.columns": described}
+        if negatives := [f for f in fields if f.startswith("hard_negative")]:
+            tags["data.hard_negatives"] = str(len(negatives))  # k, per row
         return Corpus(
             f"{self.name}-{digest}", records, fields, checksums, self.max_length, tags=tags
         )

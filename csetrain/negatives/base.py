@@ -10,14 +10,15 @@ from torch import Tensor, nn
 
 @dataclass
 class Negatives:
-    """Extra negative candidates (M, D). `aligned`: row i is anchor i's own hard negative (so
-    SimCSE's hard-negative weight applies to it). `gather`: per-rank rows that DDP shares with
-    every rank (batch-derived); False for global state such as a queue (ESimCSE's queue is
-    never gathered)."""
+    """Extra negative candidates (M, D). `aligned`: row j*B + i is anchor i's own j-th hard
+    negative, in `blocks` blocks of B rows (so SimCSE's hard-negative weight applies to each).
+    `gather`: per-rank rows that DDP shares with every rank (batch-derived); False for global
+    state such as a queue (ESimCSE's queue is never gathered)."""
 
     embeddings: Tensor
     aligned: bool = False
     gather: bool = True
+    blocks: int = 1
 
 
 class NegativeMiner(nn.Module):

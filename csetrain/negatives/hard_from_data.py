@@ -1,17 +1,25 @@
-"""`negative_mining=hard_from_data`: each row's `hard_negative` field (NLI contradictions)."""
+"""`negative_mining=hard_from_data`: each row's hard negatives (NLI contradictions; k per row)."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from csetrain.data.hard_negatives import ROLE, role_fields
 from csetrain.negatives.base import NegativeMiner, Negatives
 
 
 class HardFromData(NegativeMiner):
-    """Supervised SimCSE's hard negatives: every anchor sees all B contradiction hypotheses of
-    the batch as extra candidates; its own one is `aligned` (SimCSE's weight applies to it)."""
+    """Supervised SimCSE's hard negatives: every anchor sees all B*k hard negatives of the
+    batch as extra candidates (k = 1: the `hard_negative` field; k > 1: `hard_negative_1..k`,
+    as sentence-transformers' MultipleNegativesRankingLoss takes all B rows of every negative
+    column); its own k are `aligned` (SimCSE's weight applies to each of them)."""
 
-    fields = ("hard_negative",)
+    fields = (ROLE,)  # the role; the corpus's fields for it: csetrain.data.hard_negatives
 
     def extra_negatives(self, anchors: Tensor, views: dict[str, Tensor]) -> Negatives:
-        return Negatives(views["hard_negative"], aligned=True)
+        names = role_fields(ROLE, tuple(views))
+        if len(names) == 1:  # k = 1: the view itself, as before several negatives existed
+            return Negatives(views[names[0]], aligned=True)
+        blocks = torch.cat([views[name] for name in names])  # (k*B, D), block j = negative j
+        return Negatives(blocks, aligned=True, blocks=len(names))

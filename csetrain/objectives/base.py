@@ -149,12 +149,15 @@ class InfoNCEObjective(Objective):
         if extra is not None:
             more = gather_with_grad(extra.embeddings) if extra.gather else extra.embeddings
             if extra.aligned and self.hard_negative_weight:
+                # this rank's extras (k blocks of B rows) start at rank*k*B of the gathered ones
+                own = first * extra.blocks if extra.gather else 0
                 offset = hard_negative_offset(
                     len(anchors),
                     len(candidates) + len(more),
-                    len(candidates) + first,
+                    len(candidates) + own,
                     self.hard_negative_weight,
                     anchors.device,
+                    extra.blocks,
                 )
             candidates = torch.cat([candidates, more])  # (W*B + M, D)
         targets = first + torch.arange(len(anchors), device=anchors.device)
