@@ -1,6 +1,7 @@
 """FSDP2 on CPU: two gloo processes with `fully_shard`ed encoders (each holding half of every
 parameter) give the same loss and gradients as one unsharded process on the whole batch, with
-the gathered-negative loss unchanged; a DCP checkpoint resumes a sharded run exactly.
+the gathered-negative loss unchanged (tiny BERT with supervised SimCSE and hard negatives, and
+a bidirectional tiny Llama); a DCP checkpoint resumes a sharded run exactly.
 
 Float64 on both sides, for the reason (and tolerance) of tests/test_ddp.py's docstring."""
 
@@ -10,8 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
-from csetrain.runtime import average_gradients
+from csetrain.modeling.decoders import tiny_decoder
+from csetrain.modeling.encoder import SentenceEncoder
+from csetrain.runtime import average_gradients, gather_with_grad
 from csetrain.sharding import full_state_dict, is_sharded, load_sharded, save_sharded, shard_encoder
 
 from .test_ddp import FLOAT64_RTOL, _free_port, _loss_and_grads, _setup
@@ -27,6 +31,23 @@ def _sharded_step(encoder, objective, batch, optimizer, rank, world):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return out.loss.item(), grads
+
+
+def _decoder_loss_and_grads(rank: int, world: int):
+    """A bidirectional tiny Llama (GQA blocks, last-token pooling): InfoNCE of 8 texts against
+    the gathered batch, each rank's loss over its own rows; sharded when world > 1."""
+    encoder = SentenceEncoder(
+        tiny_decoder(dropout=0.0), pooler="last_token", attention="bidirectional"
+    ).double()
+    if world > 1:
+        shard_encoder(encoder)
+    ids = torch.randint(5, 1000, (8, 9), generator=torch.Generator().manual_seed(1))
+    rows = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    z = F.normalize(gather_with_grad(encoder(ids[rows], torch.ones_like(ids[rows]))), dim=-1)
+    loss = F.cross_entropy((z[rows] @ z.T) / 0.05, torch.arange(8)[rows])
+    loss.backward()
+    full = (lambda g: g.full_tensor()) if world > 1 else (lambda g: g)
+    return loss.item(), {n: full(p.grad) for n, p in encoder.named_parameters()}
 
 
 def _fresh(rank, world):
@@ -57,7 +78,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         _sharded_step(encoder, objective, batch, optimizer, rank, world)
         resumed = _full(encoder)
         exported = full_state_dict(encoder)
-        result = (loss, grads, after_two, resumed, local, sharded, len(exported))
+        decoder = _decoder_loss_and_grads(rank, world)
+        result = (loss, grads, after_two, resumed, local, sharded, len(exported), decoder)
         torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -79,6 +101,18 @@ def test_two_sharded_processes_give_the_loss_and_gradients_of_one(shards):
         for name, grad in single_grads.items():
             torch.testing.assert_close(
                 grads[name], grad, atol=FLOAT64_RTOL * scale, rtol=FLOAT64_RTOL, msg=name
+            )
+
+
+def test_a_sharded_bidirectional_decoder_matches_one_process(shards):
+    single_loss, single_grads = _decoder_loss_and_grads(0, 1)
+    assert (shards[0][7][0] + shards[1][7][0]) / 2 == pytest.approx(single_loss, rel=FLOAT64_RTOL)
+    scale = max(grad.abs().max().item() for grad in single_grads.values())
+    assert scale > 1e-5  # far above float64 rounding (~1e-16 relative): a real comparison
+    for name, grad in single_grads.items():
+        for shard in shards:
+            torch.testing.assert_close(
+                shard[7][1][name], grad, atol=FLOAT64_RTOL * scale, rtol=FLOAT64_RTOL, msg=name
             )
 
 
