@@ -100,3 +100,81 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)
+
+
+def sharded_run(encoder: nn.Module, objective: nn.Module, checkpointer, fresh, device):
+    """trainer.fsdp: the encoder sharded in place and the collective checkpointer. An objective
+    with parameters of its own (CCP's projector, an MLM head) is refused: the fused optimizer
+    and gradient clipping take all-sharded or all-plain parameters, not a mix."""
+    if any(p.requires_grad for p in objective.parameters()):
+        raise ConfigError(
+            f"trainer.fsdp=true shards the encoder only, and {type(objective).__name__} trains parameters of its own: use DDP (trainer.fsdp=false)"
+        )
+    shard_encoder(encoder)
+    return ShardedCheckpointer(checkpointer, fresh, device)
+
+
+class ShardedCheckpointer:
+    """`trainer.fsdp=true`'s Checkpointer: the same folders (`best/` a sentence-transformers
+    model, `last/` the resume state), written collectively. `last/dcp` holds every rank's shards
+    of the weights and the optimizer (DCP), `last/rng_rank<r>.pt` each rank's generators; rank 0
+    writes the scheduler, the objective's state and meta.json. `gathered(encoder)` is the
+    unsharded model on rank 0 (all ranks must call it): what dev evaluation and `best/` see.
+
+    Built from a plain Checkpointer (delegating best/ and meta) and `fresh`, a factory of the
+    unsharded model that rank 0 loads the gathered weights into (built once, then reused)."""
+
+    collective = True
+
+    def __init__(self, plain, fresh, device="cpu") -> None:
+        self.plain, self.fresh, self.device, self._copy = plain, fresh, device, None
+        self.root, self.best_dir, self.last_dir = plain.root, plain.best_dir, plain.last_dir
+
+    def __getattr__(self, name):  # save_best, load_best, best_info, meta, discard_state
+        return getattr(self.plain, name)
+
+    def gathered(self, encoder: nn.Module):
+        full = full_state_dict(encoder)  # collective; the weights land on rank 0 only
+        if not full:
+            return None
+        if self._copy is None:
+            self._copy = self.fresh().eval()
+        self._copy.load_state_dict(full)
+        return self._copy.to(self.device)  # inference only: the weights alone must fit
+
+    def save_state(self, step, encoder, objective, optimizer, scheduler, progress, meta) -> None:
+        import json
+
+        import torch.distributed as dist
+        from safetensors.torch import save_file
+
+        from csetrain.checkpoint import replace_dir
+        from csetrain.runtime import rng_states
+
+        rank = dist.get_rank()
+        staging = self.root / f".last-step{step}"  # one name every rank derives
+        save_sharded(staging / "dcp", encoder, optimizer)  # DCP creates the folders
+        torch.save(rng_states(), staging / f"rng_rank{rank}.pt")
+        dist.barrier()
+        if rank == 0:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}
+            save_file(tensors, str(staging / "objective.safetensors"))
+            state = {"step": step, "scheduler": scheduler.state_dict(), "progress": progress}
+            torch.save(state, staging / "trainer_state.pt")
+            (staging / "meta.json").write_text(json.dumps({"step": step, "sharded": True, **meta}))
+            replace_dir(staging, self.last_dir)
+        dist.barrier()
+
+    def load_state(self, encoder, objective, optimizer, scheduler) -> tuple[int, dict]:
+        import torch.distributed as dist
+        from safetensors.torch import load_file
+
+        from csetrain.runtime import set_rng_states
+
+        load_sharded(self.last_dir / "dcp", encoder, optimizer)
+        objective.load_state_dict(load_file(str(self.last_dir / "objective.safetensors")))
+        state = torch.load(self.last_dir / "trainer_state.pt", weights_only=True)
+        scheduler.load_state_dict(state["scheduler"])
+        rng = self.last_dir / f"rng_rank{dist.get_rank()}.pt"
+        set_rng_states(torch.load(rng, weights_only=True))
+        return state["step"], state["progress"]
