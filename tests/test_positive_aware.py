@@ -7,6 +7,9 @@ import torch
 from csetrain.config import ConfigError
 from csetrain.negatives.positive_aware import PositiveAware, topk_percpos
 
+from .test_mined_index import _bound
+from .test_objectives import _unsup_batch
+
 
 def test_topk_percpos_keeps_the_best_candidates_below_95_percent_of_the_positive():
     # candidates best first; positive scores 0.8 / inf / 0.5
@@ -49,3 +52,24 @@ def test_online_pick_uses_the_rank_window_and_returns_several_negatives():
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=f"negative_mining.{key}"):
         PositiveAware(**kwargs)
+
+
+def test_online_miner_returns_live_negatives_that_pass_the_rule(tiny_encoder, tmp_path):
+    """Bound to a corpus like mined_index: num_negatives per anchor, each scoring at most
+    fraction x sim(anchor, positive) under the trained model, with gradient. (A random tiny
+    model scores every pair near 1, hence a fraction near 1 for candidates to survive.)"""
+    miner = _bound(PositiveAware(fraction=0.999, num_negatives=2, sample_size=None), tiny_encoder, tmp_path)  # fmt: skip
+    batch = _unsup_batch(tiny_encoder)
+    anchors = tiny_encoder(batch.input_ids[:4], batch.attention_mask[:4])
+    positives = tiny_encoder(batch.input_ids[4:8], batch.attention_mask[4:8])
+    negatives = miner.extra_negatives(anchors, {"anchor": anchors, "positive": positives})
+    assert negatives is not None and negatives.embeddings.requires_grad and not negatives.aligned
+    assert 0 < miner.last_mined <= 8 and negatives.embeddings.shape == (miner.last_mined, 32)
+    positions = miner.mine(anchors, positives)  # (4, 2), -1 where nothing passes
+    assert positions.shape == (4, 2)
+    unit = torch.nn.functional.normalize
+    q, p = unit(anchors.detach(), dim=-1), unit(positives.detach(), dim=-1)
+    for i, row in enumerate(positions.tolist()):
+        for pos in (j for j in row if j >= 0):
+            score = float(q[i] @ miner.index_embeddings[pos])
+            assert score <= 0.999 * float(q[i] @ p[i]) + 1e-6
