@@ -40,7 +40,7 @@ def test_every_option_composes_and_validates(group, option, data_dir):
     overrides = [f"{key}={option}", f"paths.data_dir={data_dir}"]
     if option == "saved":
         overrides.append("model.path=/nonexistent")
-    if option == "hf":
+    if option in ("hf", "hf_decoder"):
         overrides.append("model.name_or_path=/nonexistent")
     cfg = _compose(overrides)
     OmegaConf.resolve(cfg)
@@ -69,7 +69,7 @@ def test_eval_and_data_options_build_against_the_data_pack(data_dir):
 
 
 @pytest.mark.parametrize(
-    "option", [o for o in options("model") if o not in HUB_MODELS | {"saved", "hf"}]
+    "option", [o for o in options("model") if o not in HUB_MODELS | {"saved", "hf", "hf_decoder"}]
 )
 def test_offline_models_build(option):
     encoder = instantiate(_compose([f"model={option}"]).model)

@@ -127,6 +127,9 @@ def test_attention_setting_is_checked():
 
     with pytest.raises(ConfigError, match="bidirectional encoder"):
         SentenceEncoder(tiny(), attention="causal")
+    with pytest.raises(ConfigError, match="first token sees only itself"):
+        decoder(pooler="cls")
+    decoder(pooler="cls", attention="bidirectional")  # its first token sees the sentence
 
 
 @pytest.mark.parametrize(
@@ -157,3 +160,67 @@ def test_exported_decoder_gives_the_same_embeddings_in_sentence_transformers(
     reloaded = load_sentence_encoder(tmp_path / "model")
     assert reloaded.attention == attention
     torch.testing.assert_close(reloaded.encode(texts), ours, rtol=0, atol=1e-6)
+
+
+def _bpe_llama_folder(folder, architecture="llama"):
+    """A random decoder saved with a byte-level BPE tokenizer trained here, offline, on the
+    bundled sample (BOS-only post-processing, as Llama's: no EOS; Llama's has no pad token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+
+    from csetrain.config import ASSETS_DIR
+
+    lines = next((ASSETS_DIR / "sample").rglob("*.txt")).read_text().splitlines()[:2000]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        lines, trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>"])
+    )
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    if architecture != "llama":  # Qwen2's tokenizer class would add a pad token past the vocab
+        tokenizer.pad_token = "</s>"
+    config = AutoConfig.for_model(
+        architecture,
+        vocab_size=600,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=37,
+        head_dim=8,
+        bos_token_id=0,
+        eos_token_id=1,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_hf_decoder_appends_eos_pads_and_exports(tmp_path, architecture):
+    """model=hf_decoder on a saved folder: EOS appended (Llama's tokenizer adds BOS only), the
+    missing pad token set to EOS, left padding, and the export's tokenizer does the same in
+    sentence-transformers (equal embeddings)."""
+    from sentence_transformers import SentenceTransformer
+
+    from csetrain.modeling.decoders import hf_decoder
+    from csetrain.modeling.export import save_sentence_transformer
+
+    folder = _bpe_llama_folder(tmp_path / "base", architecture)
+    encoder = hf_decoder(str(folder), padding_side="left", pooler="last_token").eval()
+    tokenizer = encoder.tokenizer
+    ids = tokenizer("the cat")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    texts = ["the cat sat on the mat", "hello", "a much longer sentence about nothing at all"]
+    ours = encoder.encode(texts)
+    save_sentence_transformer(encoder, tmp_path / "model")
+    st = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert st.tokenize(["the cat"])["input_ids"][0, -1] == tokenizer.eos_token_id
+    torch.testing.assert_close(torch.from_numpy(st.encode(texts)), ours, rtol=0, atol=1e-5)
+    without = hf_decoder(str(folder), append_eos=False, pooler="last_token")
+    assert without.tokenizer("the cat")["input_ids"][-1] != tokenizer.eos_token_id

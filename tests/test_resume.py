@@ -112,3 +112,29 @@ def test_corrupt_state_names_the_checkpoint(tmp_path, tiny_encoder):
     (checkpointer.last_dir / "encoder.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match=r"checkpoint .*last is corrupt.*trainer.resume=never"):
         checkpointer.load_state(tiny_encoder, objective, optimizer, scheduler)
+
+
+@pytest.mark.slow
+def test_resume_with_lora_adapters_is_bitwise_identical(tmp_path, monkeypatch):
+    """A tiny decoder with LoRA: the resume state holds the adapters (not the frozen base), and
+    the resumed run ends with bitwise the merged weights of an uninterrupted one."""
+    extra = [
+        "model=tiny_decoder",
+        "model.pooler=last_token",  # the demo experiment sets cls
+        "model.lora={r:4,alpha:8,dropout:0.1}",
+        "trainer.lr=1e-3",
+    ]
+    straight = train(_cfg(tmp_path, "straight", extra))
+    restore = sigterm_at_step(monkeypatch, 3)
+    with pytest.raises(Interrupted, match="after step 3"):
+        train(_cfg(tmp_path, "resumed", extra))
+    restore()
+    (last,) = (tmp_path / "resumed").glob("runs/*/checkpoints/last/encoder.safetensors")
+    state = load_file(str(last))
+    assert state and all("lora_" in k for k in state)  # adapters only
+    resumed = train(_cfg(tmp_path, "resumed", [*extra, "trainer.resume=auto"]))
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)  # bitwise
+    base = load_file(os.path.join(straight.run_dir, "checkpoints", "best", "model.safetensors"))
+    assert not any("lora" in k for k in base)  # the exported model is merged

@@ -111,9 +111,12 @@ def build(
     trainer = settings.trainer
     runtime = Runtime(trainer)
     encoder = runtime.prepare(instantiate(cfg.model), trainer.compile, trainer.packing)
+    if trainer.gradient_checkpointing:
+        encoder.checkpoint_activations()
     objective = build_objective(cfg, runtime).to(runtime.device)
     corpus = load_data(cfg.data)
     check_fields(objective, corpus)
+    encoder.prompts.update(corpus.prompts)  # the instruction prefix: exported, masked if asked
     dataset = tokenized_dataset(corpus, encoder.tokenizer, settings.paths.cache_dir)
     # Before the optimizer and any resume: momentum copies start from these weights, heads the
     # binding creates get optimized, corpus-reading miners take the tokenized rows.

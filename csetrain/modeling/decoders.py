@@ -36,8 +36,10 @@ ATTENTION = ("causal", "bidirectional")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_attention(transformer, attention: str | None) -> str | None:
-    """`model.attention` for this backbone: None = the architecture's own."""
+def check_attention(transformer, attention: str | None, pooler: str) -> str | None:
+    """`model.attention` for this backbone (None = the architecture's own), and a pooler that
+    makes sense with it."""
+    check_decoder_pooler(transformer, attention, pooler)
     if attention is None:
         return None
     if attention not in ATTENTION:
@@ -50,6 +52,17 @@ def check_attention(transformer, attention: str | None) -> str | None:
             "use a decoder (model=tiny_decoder, model=hf_decoder) or model.attention=null"
         )
     return attention
+
+
+def check_decoder_pooler(transformer, attention: str | None, pooler: str) -> None:
+    """A causal decoder's first token has seen only itself: CLS pooling would give every
+    sentence the same vector."""
+    if pooler in ("cls",) and is_decoder(transformer) and attention != "bidirectional":
+        raise ConfigError(
+            f"model.pooler={pooler}: a causal decoder's first token sees only itself (every "
+            "sentence would embed alike); use model.pooler=last_token or mean, or "
+            "model.attention=bidirectional"
+        )
 
 
 def forward_kwargs(transformer, attention_mask: Tensor, attention: str | None) -> dict:
@@ -124,14 +137,42 @@ def tiny_decoder(
     return Backbone(model=model, tokenizer=tokenizer, source=source)
 
 
+def append_eos(tokenizer) -> None:
+    """Make every tokenized text end with the EOS token (E5-Mistral, NV-Embed, Qwen3-Embedding:
+    the last token then has seen the whole text). Through the tokenizer's own post-processor
+    (`add_eos_token` where the class has it, else a TemplateProcessing), so the exported
+    tokenizer, and sentence-transformers with it, appends it too."""
+    eos = tokenizer.eos_token
+    if eos is None:
+        raise ConfigError("model.append_eos=true: the tokenizer has no EOS token; set it false")
+    probe = tokenizer("a b")["input_ids"]
+    if probe[-1] == tokenizer.eos_token_id:
+        return
+    has_bos = tokenizer.bos_token_id is not None and probe[0] == tokenizer.bos_token_id
+    if "add_eos_token" in dir(tokenizer):  # rebuilds the template: keep the BOS as it was
+        tokenizer.add_bos_token, tokenizer.add_eos_token = has_bos, True
+        if tokenizer("a b")["input_ids"] == [*probe, tokenizer.eos_token_id]:
+            return
+    from tokenizers.processors import TemplateProcessing
+
+    bos = tokenizer.bos_token if has_bos else None
+    opening = f"{bos} " if bos else ""
+    specials = [(t, tokenizer.convert_tokens_to_ids(t)) for t in dict.fromkeys([bos, eos]) if t]
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{opening}$A {eos}", pair=f"{opening}$A {eos} $B {eos}", special_tokens=specials
+    )
+
+
 def pretrained_decoder(
     name_or_path: str,
     dtype: str = "fp32",
     padding_side: str | None = None,
     dropout: float | None = None,
+    eos: bool = True,
 ) -> Backbone:
     """Any AutoModel decoder checkpoint, its weights in `dtype` (bf16 on a GPU halves memory;
-    LoRA adapters stay float32). A tokenizer without a pad token pads with its EOS."""
+    LoRA adapters stay float32). A tokenizer without a pad token pads with its EOS; `eos`
+    appends the EOS token to every text (`append_eos`)."""
     if dtype not in DTYPES:
         raise ConfigError(f"model.backbone.dtype='{dtype}': choose one of {sorted(DTYPES)}")
     backbone = from_pretrained(name_or_path, dropout, DTYPES[dtype])
@@ -141,6 +182,8 @@ def pretrained_decoder(
         backbone.model.config.pad_token_id = tokenizer.eos_token_id
     if padding_side is not None:
         tokenizer.padding_side = padding_side
+    if eos:
+        append_eos(tokenizer)
     return backbone
 
 
@@ -149,10 +192,11 @@ def hf_decoder(
     dtype: str = "fp32",
     padding_side: str | None = None,
     dropout: float | None = None,
+    append_eos: bool = True,
     **encoder_settings,
 ):
     """`model=hf_decoder model.name_or_path=...`: a SentenceEncoder on any AutoModel decoder."""
     from csetrain.modeling.encoder import SentenceEncoder
 
-    backbone = pretrained_decoder(name_or_path, dtype, padding_side, dropout)
+    backbone = pretrained_decoder(name_or_path, dtype, padding_side, dropout, append_eos)
     return SentenceEncoder(backbone, **encoder_settings)

@@ -14,9 +14,11 @@ from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
 from csetrain.modeling.decoders import check_attention, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
+from csetrain.modeling.lora import add_lora
 from csetrain.modeling.momentum import MomentumEncoder
 from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
+from csetrain.modeling.prompt_mask import pooling_mask
 
 HeadMode = Literal["none", "train_only", "always"]
 
@@ -55,6 +57,7 @@ class SentenceEncoder(nn.Module):
         latent_attention: dict | None = None,
         attention: str | None = None,
         lora: dict | None = None,
+        mask_instruction: bool = False,
     ) -> None:
         super().__init__()
         if mlp_head not in ("none", "train_only", "always"):
@@ -65,12 +68,8 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = backbone.tokenizer
         self.source = backbone.source
         self.pooler = check_pooler(pooler)
-        # Decoders: causal (their own) or bidirectional attention (modeling/decoders.py).
-        self.attention = check_attention(self.transformer, attention)
-        if lora:  # low-rank adapters; only they (and pooler/head) train (modeling/lora.py)
-            from csetrain.modeling.lora import add_lora
-
-            self.transformer = add_lora(self.transformer, lora)
+        self.attention = check_attention(self.transformer, attention, self.pooler)  # decoders.py
+        self.transformer = add_lora(self.transformer, lora)  # None: no adapters (lora.py)
         self.mlp_head = mlp_head
         config = self.transformer.config
         if layer is not None and not 1 <= layer <= config.num_hidden_layers:
@@ -90,7 +89,7 @@ class SentenceEncoder(nn.Module):
         self.normalize, self.max_seq_length = False, None
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
-        self.include_prompt = True
+        self.mask_instruction, self.include_prompt = mask_instruction, not mask_instruction
         self.pooling_layer = pooling_layer(pooler, config.hidden_size, latent_attention)
         self.head = None
         if mlp_head != "none":
@@ -152,7 +151,8 @@ class SentenceEncoder(nn.Module):
         states = self._hidden_states(input_ids, attention_mask, all_layers, backbone)
         if layer is not None:
             states = states[: layer + 1]  # states[0] is the embedding output
-        return pool(self.pooler, states, attention_mask, self.pooling_layer)
+        mask = pooling_mask(self, input_ids, attention_mask)
+        return pool(self.pooler, states, mask, self.pooling_layer)
 
     def project(self, z: Tensor) -> Tensor:
         """The training head (SimCSE's MLP) on pooled vectors; the identity without one."""
@@ -169,8 +169,9 @@ class SentenceEncoder(nn.Module):
     ) -> list[Tensor]:
         """Training embeddings of every transformer layer 1..L from one forward: L x (N, D)."""
         states = self._hidden_states(input_ids, attention_mask, all_layers=True)
+        mask = pooling_mask(self, input_ids, attention_mask)
         pooled = [
-            pool(self.pooler, states[: k + 1], attention_mask, self.pooling_layer)
+            pool(self.pooler, states[: k + 1], mask, self.pooling_layer)
             for k in range(1, len(states))
         ]
         return [self.project(z) for z in pooled] if head else pooled
@@ -253,6 +254,9 @@ class SentenceEncoder(nn.Module):
         """torch.compile the transformer in place (state-dict keys unchanged, so checkpoints and
         exports are the same as uncompiled); batch shapes vary with dynamic padding."""
         self.transformer.compile(dynamic=True)
+
+    def checkpoint_activations(self) -> None:  # trainer.gradient_checkpointing
+        self.transformer.gradient_checkpointing_enable({"use_reentrant": False})  # RNG restored
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, Tensor]:
         """Pad to the longest text; truncate only at `max_length` (None: the model's limit)."""

@@ -14,6 +14,10 @@ hidden size, as the code sets it. Left out: the code's final L2 normalisation (e
 loss and evaluation takes cosines, so it changes nothing there; a training-only head after the
 pooler sees the unnormalised vector, as it does after every other pooler).
 
+NV-Embed also leaves the instruction tokens out of that mean (in training and use): set
+`model.mask_instruction=true` with an instructed corpus (csetrain/modeling/prompt_mask.py gives
+this layer the mask without them).
+
 Padding: each token attends to the latents only (never to other tokens), so a padding token
 changes nothing but its own row, which the masked mean leaves out.
 

@@ -50,8 +50,10 @@ def lora_config(settings: dict):
     )
 
 
-def add_lora(transformer: nn.Module, settings: dict) -> nn.Module:
-    """The transformer wrapped with adapters; its own weights frozen."""
+def add_lora(transformer: nn.Module, settings: dict | None) -> nn.Module:
+    """The transformer wrapped with adapters, its own weights frozen (no settings: as it is)."""
+    if not settings:
+        return transformer
     from peft import get_peft_model
 
     config = lora_config(dict(settings))
