@@ -80,6 +80,7 @@ def test_stage1_trains_on_a_mined_file_with_a_tiny_decoder(tmp_path):
         [
             f"model.name_or_path={_tiny_decoder_folder(tmp_path / 'decoder')}",
             "model.dtype=fp32",
+            "model.append_eos=false",  # the WordPiece tokenizer closes every text with [SEP]
             *[f"model.latent_attention.{s}" for s in tiny_sizes],
             f"data.path={mined}",
             "data.negatives=2",
