@@ -131,6 +131,8 @@ class ShardedCheckpointer:
         self.root, self.best_dir, self.last_dir = plain.root, plain.best_dir, plain.last_dir
 
     def __getattr__(self, name):  # save_best, load_best, best_info, meta, discard_state
+        if name == "plain":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.plain, name)
 
     def gathered(self, encoder: nn.Module):
