@@ -48,6 +48,7 @@ class TrainerConfig:
     num_threads: int = 0  # 0 = torch's default
     compile: bool = False
     packing: bool = True  # training forwards on packed rows, no padding (modeling/packing.py)
+    fsdp: bool = False  # shard the encoder over torchrun's processes (FSDP2, csetrain/sharding.py)
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for time
     progress: bool = True
     grad_cache: GradCacheConfig = field(default_factory=GradCacheConfig)

@@ -53,15 +53,17 @@ class FitResult:
 
 
 def _evaluate(c: Components, step: int, best: FitResult) -> None:
-    """Dev evaluation; keep the checkpoint only if it beats the best so far (rank 0 only)."""
+    """Dev evaluation; keep the checkpoint only if it beats the best so far (rank 0 only; under
+    trainer.fsdp every rank first helps gather the weights rank 0 evaluates)."""
+    encoder = unsharded(c)
     if not c.runtime.is_main:
         return
-    result = c.evaluator(c.encoder)
+    result = c.evaluator(encoder)
     c.tracker.log_metrics(result.prefixed("eval"), step)
     best.history.append({"step": step, "primary": result.primary, **result.metrics})
     if result.primary > best.best_metric:
         best.best_metric, best.best_step = result.primary, step
-        c.checkpointer.save_best(c.encoder, step, f"eval/{result.primary_key}", result.primary)
+        c.checkpointer.save_best(encoder, step, f"eval/{result.primary_key}", result.primary)
     c.encoder.train()
 
 
@@ -88,8 +90,19 @@ def _log_step(c: Components, out, grad_norm, done: int, window: dict) -> float:
     return loss
 
 
+def unsharded(c: Components):
+    """The encoder as rank 0 can run it alone: itself, or under trainer.fsdp the gathered copy
+    (a collective: every rank calls this)."""
+    return c.checkpointer.gathered(c.encoder) if _collective(c) else c.encoder
+
+
+def _collective(c: Components) -> bool:
+    """trainer.fsdp's checkpointer: every rank saves its shards and gathers for evaluation."""
+    return getattr(c.checkpointer, "collective", False)
+
+
 def _save_state(c: Components, done: int, result: FitResult, out) -> None:
-    if not c.runtime.is_main:
+    if not c.runtime.is_main and not _collective(c):
         return
     if not math.isfinite(out.loss.item()):  # never overwrite the last good state with NaNs
         raise TrainingDiverged(

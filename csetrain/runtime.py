@@ -235,7 +235,8 @@ def average_gradients(params) -> None:
     import torch.distributed as dist
 
     world = rank_and_world()[1]
-    grads = [p.grad for p in params if p.grad is not None]
+    # FSDP2's sharded gradients (DTensors, csetrain/sharding.py) are already averaged
+    grads = [p.grad for p in params if p.grad is not None and not _is_dtensor(p.grad)]
     if world == 1 or not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -245,6 +246,10 @@ def average_gradients(params) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def _is_dtensor(tensor) -> bool:
+    return type(tensor).__name__ == "DTensor"  # no import: DTensor exists only with FSDP2 in use
 
 
 def rng_states() -> dict:

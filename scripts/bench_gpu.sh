@@ -5,7 +5,10 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 #       omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 PyYAML   # PyYAML is on the device already
-# then: run(command="bash scripts/bench_gpu.sh", carry=[".whl"]). Results: $OUT/bench_gpu.jsonl.
+# The LLM case (scripts/bench_gpu_llm.py: Qwen2-0.5B shape, LoRA r 16) also needs peft and what
+# it imports beyond torch/transformers: add `peft==0.21.2 accelerate psutil` to that download.
+# then: run(command="bash scripts/bench_gpu.sh [bert|llm|all]", carry=[".whl"]) (default all).
+# Results: $OUT/bench_gpu.jsonl (bert) and $OUT/bench_gpu_llm.jsonl (llm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -13,5 +16,10 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-out="${OUT:-.}/bench_gpu.jsonl"
-timeout 280 python3 scripts/bench_gpu.py "$@" | tee "$out"
+case="${1:-all}"
+if [[ "$case" == bert || "$case" == all ]]; then
+    timeout 280 python3 scripts/bench_gpu.py | tee "${OUT:-.}/bench_gpu.jsonl"
+fi
+if [[ "$case" == llm || "$case" == all ]]; then
+    timeout 280 python3 scripts/bench_gpu_llm.py | tee "${OUT:-.}/bench_gpu_llm.jsonl"
+fi

@@ -26,6 +26,12 @@ sentences, so per-step padding differs a little between variants.
                                   [--max-length 32] [--threads 2] [--pooler mean|cls] [--json]
                                   [--skip plain] [--tree LABEL=PATH ...]
 
+`--model tiny-decoder` runs the same recipe on model=tiny_decoder instead (a random 2-layer
+Llama-shaped decoder, hidden 32, bert-base-uncased WordPiece with [SEP] as EOS, init_seed 0,
+attention dropout 0.1, causal attention, last-token pooling): csetrain builds it from its
+option, sentence-transformers loads the same weights saved to a folder, with
+Pooling(pooling_mode="lasttoken"); the plain loop is skipped (it is MiniLM-specific).
+
 `--tree before=/tmp/wt` also times the csetrain of another checkout (`git worktree add /tmp/wt
 <commit>`) in the same round-robin, so an optimisation's before/after is measured side by side.
 """
@@ -59,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=32, help="truncation in tokens")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--pooler", choices=("mean", "cls"), default="mean")
+    parser.add_argument(
+        "--model",
+        choices=("minilm", "tiny-decoder"),
+        default="minilm",
+        help="minilm: all-MiniLM-L6-v2; tiny-decoder: model=tiny_decoder, last-token pooling",
+    )
     parser.add_argument("--data-dir", default=os.environ.get("CSETRAIN_DATA_DIR", ""))
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument(
@@ -138,9 +150,11 @@ def run_csetrain(args: argparse.Namespace, workdir: Path) -> tuple[list, float]:
                 self.stamps.append(now())
                 self.losses.append(metrics["train/loss"])
 
+    model = ["model=minilm-l6", f"model.pooler={args.pooler}"]
+    if args.model == "tiny-decoder":
+        model = ["model=tiny_decoder", "model.pooler=last_token"]
     overrides = [
-        "model=minilm-l6",
-        f"model.pooler={args.pooler}",
+        *model,
         "data=wiki",
         f"data.files=[{CORPUS}]",
         f"data.max_sentences={args.batch_size * total_steps(args)}",
@@ -195,9 +209,12 @@ def run_sentence_transformers(args: argparse.Namespace, workdir: Path) -> tuple[
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(now())
 
-    model = SentenceTransformer(str(minilm_dir()), device="cpu")
+    if args.model == "tiny-decoder":
+        model = tiny_decoder_st(workdir)
+    else:
+        model = SentenceTransformer(str(minilm_dir()), device="cpu")
     model.max_seq_length = args.max_length
-    if args.pooler != "mean":  # the packaged model pools by mean; swap the Pooling module
+    if args.model == "minilm" and args.pooler != "mean":  # the packaged model pools by mean
         model[1] = Pooling(model.get_embedding_dimension(), pooling_mode=args.pooler)
     sentences = read_sentences(args)
     dataset = Dataset.from_dict({"anchor": sentences, "positive": sentences})
@@ -226,6 +243,23 @@ def run_sentence_transformers(args: argparse.Namespace, workdir: Path) -> tuple[
     )
     output = trainer.train()
     return clock.stamps, float(output.training_loss)  # the mean over all steps
+
+
+def tiny_decoder_st(workdir: Path):
+    """model=tiny_decoder's weights and tokenizer, saved and loaded by sentence-transformers
+    with last-token pooling (the same random init: init_seed 0, attention dropout 0.1)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    from csetrain.modeling.decoders import tiny_decoder
+
+    backbone = tiny_decoder(dropout=0.1, init_seed=0)
+    folder = workdir / "tiny-decoder"
+    backbone.model.save_pretrained(folder)
+    backbone.tokenizer.save_pretrained(folder)
+    transformer = Transformer(str(folder))
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    return SentenceTransformer(modules=[transformer, pooling], device="cpu")
 
 
 def run_plain(args: argparse.Namespace, workdir: Path) -> tuple[list, float]:
@@ -328,10 +362,16 @@ def summarize(runs: list[dict], args: argparse.Namespace) -> dict:
     }
 
 
+def model_label(args: argparse.Namespace) -> str:
+    if args.model == "tiny-decoder":
+        return "tiny_decoder (2-layer Llama shape, last-token pooling, causal)"
+    return f"all-MiniLM-L6-v2 ({args.pooler} pooling)"
+
+
 def report(results: list[dict], args: argparse.Namespace) -> None:
     base = next(r for r in results if r["variant"] == BASELINE)
     print(
-        f"unsup SimCSE, all-MiniLM-L6-v2 ({args.pooler} pooling), batch {args.batch_size}, "
+        f"unsup SimCSE, {model_label(args)}, batch {args.batch_size}, "
         f"max length {args.max_length}, {args.threads} threads, "
         f"{args.steps} timed steps after {args.warmup} warmup, {args.rounds} round(s)"
     )
@@ -371,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     if child_ran(args, child, "accelerate", "bench_train.py"):
         return
     trees = dict(t.split("=", 1) for t in args.tree)  # label -> checkout whose csetrain is timed
-    variants = [v for v in VARIANTS if v == BASELINE or v not in args.skip]
+    skip = [*args.skip, *(["plain"] if args.model == "tiny-decoder" else [])]
+    variants = [v for v in VARIANTS if v == BASELINE or v not in skip]
     variants += [f"csetrain@{label}" for label in trees]
     runs = {v: [] for v in variants}
     for _ in range(args.rounds):  # round-robin, so load changes on a shared machine hit all

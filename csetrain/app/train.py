@@ -36,7 +36,7 @@ from csetrain.eval.grid import grid_after_training
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
 from csetrain.grad_cache import GradCache
-from csetrain.loop import Components, Interrupted, fit
+from csetrain.loop import Components, Interrupted, fit, unsharded
 from csetrain.modeling.prompts import carry_prompts
 from csetrain.regularizers.regularized import Regularized
 from csetrain.runtime import Runtime, free_memory, init_distributed, lr_lambda, seed_everything
@@ -126,6 +126,12 @@ def build(
     # binding creates get optimized, corpus-reading miners take the tokenized rows.
     objective.bind(encoder, dataset)
     objective.to(runtime.device)
+    checkpointer = Checkpointer(run_dir)
+    if trainer.fsdp:  # after bind (momentum copies start unsharded), before the optimizer
+        from csetrain.sharding import sharded_run
+
+        fresh = lambda: instantiate(cfg.model)  # noqa: E731 - rank 0's unsharded copy
+        checkpointer = sharded_run(encoder, objective, checkpointer, fresh, runtime.device)
     collator = Collator(
         data_fields=expand_roles(
             objective.data_fields
@@ -157,7 +163,7 @@ def build(
         optimizer=optimizer,
         scheduler=scheduler,
         evaluator=dev_evaluator(cfg),
-        checkpointer=Checkpointer(run_dir),
+        checkpointer=checkpointer,
         tracker=tracker,
     )
     data_tags = {f"data.sha256.{name}": digest[:16] for name, digest in corpus.checksums.items()}
@@ -235,15 +241,20 @@ def _train_and_test(
         start, progress = c.checkpointer.load_state(
             c.encoder, c.objective, c.optimizer, c.scheduler
         )
-    elif c.runtime.is_main:  # eval.compare_initial: the start's test scores, for the plots
-        cache = ctx.settings.paths.cache_dir
-        never_fail("scoring the start checkpoint", score_start, cfg.eval, c.encoder, run_dir, cache)
+    else:  # eval.compare_initial: the start's test scores, for the plots
+        start_model = unsharded(c)
+        if c.runtime.is_main:
+            cache = ctx.settings.paths.cache_dir
+            args = (cfg.eval, start_model, run_dir, cache)
+            never_fail("scoring the start checkpoint", score_start, *args)
     fitted = fit(c, ctx.settings.trainer, start, progress)
+    # without dev evaluation the last model is the result: gathered with every rank (fsdp)
+    final = None if ctx.settings.trainer.eval_every else unsharded(c)
     if not c.runtime.is_main:  # rank 0 tests and reports
         return float("nan"), {}
     c.checkpointer.discard_state()  # training is complete: resume state is no longer needed
     if fitted.best_step < 0:  # no dev evaluation configured: the last model is the result
-        c.checkpointer.save_best(c.encoder, fitted.steps, "last", float("nan"))
+        c.checkpointer.save_best(final, fitted.steps, "last", float("nan"))
     best = c.checkpointer.load_best(c.runtime.device)  # test what was saved, exactly
     test_result = tester(best)
     test_metrics = test_result.prefixed("test")

@@ -273,7 +273,8 @@ class MinedIndex(NegativeMiner):
 
     @torch.no_grad()
     def mine(self, anchors: Tensor, positives: Tensor | None) -> Tensor:
-        """Index position of each anchor's negative (B,), -1 where none survives the margin."""
+        """Index position of each anchor's negative (B,) (or (B, n), see `pick`), -1 where none
+        survives the filter."""
         queries = F.normalize(anchors.detach().float(), dim=-1)
         scores, indices = nearest_neighbours(queries, self.index_embeddings, self.ranks[1])
         if self.guide is not None:  # the guide's cosines decide, the model's ranks propose
@@ -285,6 +286,11 @@ class MinedIndex(NegativeMiner):
         gen = draw_generator(self.seed, int(self.steps), stream=500_009)
         scores, indices = scores.to(queries.device), indices.to(queries.device)
         positive_sim = positive_sim.to(queries.device)
+        return self.pick(scores, indices, positive_sim, gen)
+
+    def pick(self, scores: Tensor, indices: Tensor, positive_sim: Tensor, gen) -> Tensor:
+        """The selection rule: GISTEmbed's margin, one uniform draw in the rank window; a
+        subclass (positive_aware) swaps the rule and may return (B, n) positions."""
         return pick_in_window(scores, indices, positive_sim, self.ranks, self.margin, gen)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
