@@ -171,3 +171,22 @@ def test_dev_split_is_the_hold_out_of_the_train_claims(data_dir):
     assert dev.label("scifact") == "scifact_dev" and len(dev.data.corpus) == 5183
     with pytest.raises(ConfigError, match=r"eval.k_values=\[0\]"):
         RetrievalEvaluator("mteb/SciFact", "scifact", k_values=[0], data_dir=str(data_dir))
+
+
+def test_the_corpus_is_encoded_once_per_weights(scifact_slice, tiny_encoder, tmp_path, monkeypatch):
+    from csetrain.eval import retrieval
+
+    calls, encode = [], tiny_encoder.encode
+    monkeypatch.setattr(tiny_encoder, "encode", lambda s, *a: calls.append(len(s)) or encode(s, *a))
+    cache = tmp_path / "cache"
+    evaluator = RetrievalEvaluator(str(scifact_slice), "slice", cache_dir=str(cache))
+    first = evaluator(tiny_encoder).metrics
+    documents = len(evaluator.data.corpus)
+    assert calls == [40, documents]
+    assert evaluator(tiny_encoder).metrics == first and calls[2:] == [40]  # from memory
+    retrieval._MEMORY.clear()
+    assert evaluator(tiny_encoder).metrics == first and calls[3:] == [40]  # from cache_dir
+    with torch.no_grad():
+        next(tiny_encoder.parameters()).add_(0.01)  # new weights: encoded again
+    evaluator(tiny_encoder)
+    assert calls[4:] == [40, documents]

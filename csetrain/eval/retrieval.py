@@ -182,11 +182,17 @@ class RetrievalEvaluator:
             out.update(zip(block, ranked(scores, self.id_order, self.depth, skip)))
         return out
 
+    def corpus_key(self, encoder) -> str:
+        """What the corpus embeddings depend on: weights and settings, the corpus file, the
+        batching; not the split, so dev and test of one folder share them."""
+        corpus = {k: v for k, v in self.data.files.items() if k.startswith("corpus.")}
+        parts = [fingerprint(encoder), corpus, self.batch_size]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
     def corpus_vectors(self, encoder) -> torch.Tensor:
         """The corpus embeddings of these weights: from this process's memory, from `cache_dir`
         (when set: e.g. the start model's, shared by runs from the same start), or encoded."""
-        parts = [fingerprint(encoder), self.data.files, self.batch_size]
-        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        key = self.corpus_key(encoder)
         path = self.cache_dir / "corpus_embeddings" / f"{key}.pt" if self.cache_dir else None
         if key in _MEMORY:
             _MEMORY.move_to_end(key)
