@@ -150,13 +150,14 @@ def test_equals_mteb_on_a_scifact_slice_with_a_tiny_model(scifact_slice, tiny_en
 
 @pytest.mark.slow
 def test_equals_mteb_on_scifact_test_with_minilm(data_dir, minilm):
+    # ~35 min on 2 loaded cores (5,183 abstracts at up to 512 tokens). Not the published 0.64508:
+    # that is at sentence-transformers' 256-token limit; minilm-l6 encodes up to 512 (0.65408).
     encoder = Memo(minilm)
     ours = RetrievalEvaluator("mteb/SciFact", "scifact", split="test", data_dir=str(data_dir))(
         encoder
     )
     theirs = mteb_scores(data_dir / "mteb" / "SciFact", "test", encoder)
     assert_equal_to_mteb(ours.metrics, theirs, "scifact")
-    assert round(ours.primary / 100, 5) == 0.64508  # the published all-MiniLM-L6-v2 nDCG@10
 
 
 def test_dev_split_is_the_hold_out_of_the_train_claims(data_dir):
