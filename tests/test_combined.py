@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from csetrain.app.train import dev_evaluator, train
+from csetrain.app.components import dev_evaluator
+from csetrain.app.train import train
 from csetrain.config import ConfigError
 from csetrain.eval.combined import CombinedEvaluator
 from csetrain.eval.sts import EvalResult

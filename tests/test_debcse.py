@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csetrain.app.train import build_objective
+from csetrain.app.components import build_objective
 from csetrain.augmentations.dropout import Dropout
 from csetrain.config import ConfigError
 from csetrain.data.collate import Collator

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from csetrain.app.train import build_objective
+from csetrain.app.components import build_objective
 from csetrain.config import ConfigError
 from csetrain.losses import cosine_matrix
 from csetrain.modeling.backbones import tiny

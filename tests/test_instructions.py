@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from csetrain.app.train import load_data
+from csetrain.app.components import load_data
 from csetrain.config import ASSETS_DIR, ConfigError
 from csetrain.data.cache import cache_key, tokenized_dataset
 from csetrain.data.sources import instruction_prefix

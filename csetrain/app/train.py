@@ -10,6 +10,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from csetrain.app.components import (
+    AFTER_TRAINING,
+    after_training,
+    build_objective,
+    check_fields,
+    dev_evaluator,
+    load_data,
+)
 from csetrain.app.compose import sweep_dir
 from csetrain.app.context import RunContext, RunSummary, check_writable
 from csetrain.app.mix import mixed_sources
@@ -23,88 +31,37 @@ from csetrain.app.reports.plots import (
     write_run_plots,
 )
 from csetrain.app.resume import finished_before, resume_target
-from csetrain.app.settings import config_hash, instantiate, model_option, plain
+from csetrain.app.settings import config_hash, instantiate
 from csetrain.app.store.tracker import end_run
 from csetrain.app.sweep import failed_job_recorded, parent_run_id
 from csetrain.checkpoint import Checkpointer, write_text_atomic
-from csetrain.config import ConfigError, Settings
+from csetrain.config import Settings
 from csetrain.data.cache import tokenized_dataset
 from csetrain.data.collate import Collator, StepSampler
-from csetrain.data.hard_negatives import expand_roles, role_fields
-from csetrain.data.sources import Corpus, load_corpus
-from csetrain.eval.grid import grid_after_training
+from csetrain.data.hard_negatives import expand_roles
+from csetrain.data.sources import Corpus
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
-from csetrain.grad_cache import GradCache
 from csetrain.loop import Components, Interrupted, fit, unsharded
 from csetrain.modeling.prompts import carry_prompts
-from csetrain.regularizers.regularized import Regularized
 from csetrain.runtime import Runtime, free_memory, init_distributed, lr_lambda, seed_everything
 
-# `after_training: [name, ...]`: reports on the selected checkpoint after its test evaluation.
-AFTER_TRAINING = {"grid": grid_after_training}  # every layer x prefix size on the dev task
 
-
-def after_training(cfg: DictConfig) -> list[str]:
-    """The config's `after_training` reports, each checked to exist."""
-    names = list(cfg.get("after_training") or [])
-    if unknown := [name for name in names if name not in AFTER_TRAINING]:
-        raise ConfigError(f"after_training={unknown}: choose from {sorted(AFTER_TRAINING)}")
-    return names
-
-
-def check_fields(objective, corpus: Corpus) -> None:
-    """The objective (and its miner) say what roles they need; the data must provide them
-    (the role hard_negative: as `hard_negative` or as k fields `hard_negative_1..k`)."""
-    missing = [f for f in objective.required_data_fields if not role_fields(f, corpus.fields)]
-    if missing:
-        raise ConfigError(
-            f"objective {type(objective).__name__} (with negative_mining {type(objective.miner).__name__}) "
-            f"needs data fields {missing} but data '{corpus.name}' provides {list(corpus.fields)}: choose a matching data= option"
-        )
-
-
-def build_miner(cfg: DictConfig):
-    """The negative miner; a `guide` naming a model option (minilm-l6) gets that model built."""
-    guide = cfg.negative_mining.get("guide")
-    if isinstance(guide, str) and not Path(guide).expanduser().is_dir():
-        option = model_option(guide)
-        if option is None:
-            raise ConfigError(
-                f"negative_mining.guide='{guide}' is neither a model option (`csetrain list model`) nor a saved model folder"
-            )
-        return instantiate(cfg.negative_mining, guide=instantiate(option))
-    return instantiate(cfg.negative_mining)
-
-
-def build_objective(cfg: DictConfig, runtime=None):
-    """The objective with its miner, run through GradCache (`trainer.grad_cache.chunk_size`,
-    with a runtime) and any regularizers (`regularizer=[name,...]`) as wrappers."""
-    objective = instantiate(cfg.objective, miner=build_miner(cfg))
-    chunk_size = cfg.trainer.grad_cache.chunk_size if runtime is not None else 0
-    if chunk_size:
-        objective = GradCache(objective, chunk_size, runtime)
-    regularizers = {
-        name: instantiate(node) for name, node in (cfg.get("regularizer") or {}).items()
-    }
-    return Regularized(objective, regularizers) if regularizers else objective
-
-
-def dev_evaluator(cfg: DictConfig):
-    """The selection evaluator; selecting a checkpoint on test data is refused."""
-    evaluator = instantiate(cfg.dev_eval)
-    if getattr(evaluator, "split", "dev") == "test":
-        raise ConfigError(
-            "dev_eval scores a test split: select on dev (eval@dev_eval=stsb_dev), test once with eval="
-        )
-    return evaluator
-
-
-def load_data(data: DictConfig) -> Corpus:
-    """The corpus of a `data` option, with its `instruction` (if any) applied."""
-    node = plain(data)
-    instruction = node.pop("instruction", None)
-    return load_corpus(instantiate(node), instruction)
+def training_collator(cfg: DictConfig, objective, corpus: Corpus, tokenizer, seed: int) -> Collator:
+    """The collator of the fields the objective and its miner read, with the augmentation."""
+    wanted = objective.data_fields + tuple(
+        f for f in objective.miner.fields if f not in objective.data_fields
+    )
+    return Collator(
+        data_fields=expand_roles(wanted, corpus.fields),
+        augmentation=instantiate(cfg.augmentation),
+        pad_id=tokenizer.pad_token_id,
+        special_ids=set(tokenizer.all_special_ids),
+        augmented_positive=objective.augmented_positive,
+        seed=seed,
+        tokenizer=tokenizer,
+        max_length=corpus.max_length,
+    )
 
 
 def build(
@@ -132,20 +89,7 @@ def build(
 
         fresh = lambda: instantiate(cfg.model)  # noqa: E731 - rank 0's unsharded copy
         checkpointer = sharded_run(encoder, objective, checkpointer, fresh, runtime.device)
-    collator = Collator(
-        data_fields=expand_roles(
-            objective.data_fields
-            + tuple(f for f in objective.miner.fields if f not in objective.data_fields),
-            corpus.fields,
-        ),
-        augmentation=instantiate(cfg.augmentation),
-        pad_id=tokenizer.pad_token_id,
-        special_ids=set(tokenizer.all_special_ids),
-        augmented_positive=objective.augmented_positive,
-        seed=trainer.seed,
-        tokenizer=tokenizer,
-        max_length=corpus.max_length,
-    )
+    collator = training_collator(cfg, objective, corpus, tokenizer, trainer.seed)
     params = [
         p for p in list(encoder.parameters()) + list(objective.parameters()) if p.requires_grad
     ]

@@ -61,8 +61,8 @@ def validate(
     quiet_libraries()
     from omegaconf import OmegaConf
 
+    from csetrain.app.components import after_training, build_miner
     from csetrain.app.settings import instantiate, plain, validate_settings
-    from csetrain.app.train import after_training, build_miner
     from csetrain.config import ConfigError
 
     cfg = compose_or_fail("train", ctx.args)
