@@ -52,6 +52,7 @@ class SentenceEncoder(nn.Module):
         layer: int | None = None,
         dim: int | None = None,
         latent_attention: dict | None = None,
+        max_seq_length: int | None = None,
     ) -> None:
         super().__init__()
         if mlp_head not in ("none", "train_only", "always"):
@@ -78,7 +79,7 @@ class SentenceEncoder(nn.Module):
         self.packing = False
         # What a sentence-transformers folder declares beyond the layers (modeling/st_folder.py):
         # a final Normalize, its max_seq_length, its prompts and whether pooling includes them.
-        self.normalize, self.max_seq_length = False, None
+        self.normalize, self.max_seq_length = False, max_seq_length
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
         self.include_prompt = True
