@@ -1,12 +1,12 @@
 """MTEB data pack, all 12 tasks: csetrain's eval=mteb vs the mteb library, same model, offline.
 
-Both score all-MiniLM-L6-v2 (packaged; mean pooling, 256-token truncation as its folder says)
+Both score all-MiniLM-L6-v2 (packaged; mean pooling, 256-token truncation and unit length, as its folder says)
 on the seven STS tasks and the pack's five others (Banking77, Emotion, AmazonCounterfactual en,
 SciFact, SummEval; SummEval also as SummEvalSummarization.v2, the corrected semantics) with
 MTEB(eng, v1)'s task definitions, through mteb's own evaluators:
 
 - csetrain: `MTEBEvaluator(tasks)` (what `csetrain eval model=minilm-l6 eval=mteb` runs) on
-  `SentenceEncoder(minilm_l6(), pooler="mean", max_seq_length=256)`: every distinct text is
+  `SentenceEncoder(minilm_l6(), pooler="mean", max_seq_length=256, normalize=True)`: every distinct text is
   encoded once per run (across columns, splits and tasks), in token-length-sorted batches.
 - mteb: `mteb.evaluate(SentenceTransformer(minilm_dir()), tasks, cache=None, co2_tracker=False)`,
   mteb's own wrapper around sentence-transformers (each encode call sorted by characters).
@@ -94,7 +94,7 @@ def run_csetrain(args: argparse.Namespace) -> dict:
     from csetrain.modeling.encoder import SentenceEncoder
 
     start = time.perf_counter()
-    encoder = SentenceEncoder(minilm_l6(), pooler="mean", max_seq_length=256)
+    encoder = SentenceEncoder(minilm_l6(), pooler="mean", max_seq_length=256, normalize=True)
     evaluator = MTEBEvaluator(
         args.tasks,
         args.data_dir,

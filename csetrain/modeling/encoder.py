@@ -53,6 +53,7 @@ class SentenceEncoder(nn.Module):
         dim: int | None = None,
         latent_attention: dict | None = None,
         max_seq_length: int | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if mlp_head not in ("none", "train_only", "always"):
@@ -79,7 +80,7 @@ class SentenceEncoder(nn.Module):
         self.packing = False
         # What a sentence-transformers folder declares beyond the layers (modeling/st_folder.py):
         # a final Normalize, its max_seq_length, its prompts and whether pooling includes them.
-        self.normalize, self.max_seq_length = False, max_seq_length
+        self.normalize, self.max_seq_length = normalize, max_seq_length
         self.prompts: dict[str, str] = {}
         self.default_prompt_name: str | None = None
         self.include_prompt = True
