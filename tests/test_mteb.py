@@ -304,3 +304,28 @@ def test_leaderboard_filters_are_mtebs_own():
             if "hf_subsets" in filters:
                 assert list(board[name].hf_subsets) == filters["hf_subsets"], name
     assert set(leaderboard_filters()) - set(board) == set()
+
+
+def test_cli_eval_writes_summary_plot_and_mteb_layout(small_pack, tmp_path):
+    """`csetrain eval eval=mteb`: the leaderboard keys in --json, the protocol labels and the bar
+    plot in the run dir, and mteb's results layout under <run>/mteb/results."""
+    import json
+
+    from .helpers import csetrain_in_process
+
+    args = ["model=tiny", "eval=mteb", "eval.tasks=[STSBenchmark]", f"paths.data_dir={small_pack}"]
+    args += [f"paths.output_dir={tmp_path / 'out'}", "tracking=none", "--json"]
+    result = csetrain_in_process("eval", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {
+        "test/mteb/STSBenchmark/main_score",
+        "test/mteb/type/STS",
+        "test/mteb/avg/main_score",
+    } <= set(metrics)
+    assert metrics["test/mteb/avg/main_score"] == metrics["test/mteb/STSBenchmark/main_score"]
+    (run_dir,) = (tmp_path / "out" / "evals").glob("*/*")
+    report = json.loads((run_dir / "eval_results.json").read_text())
+    assert "MTEB(eng, v1) task definition" in report["mteb_summary"][0]["protocol"]
+    assert (run_dir / "plots" / "mteb_summary.png").stat().st_size > 0
+    assert list((run_dir / "mteb" / "results").glob("*/*/STSBenchmark.json"))
