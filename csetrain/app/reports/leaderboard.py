@@ -73,7 +73,7 @@ def leaderboard_table(a: dict, b: dict) -> str:
 
 
 def summary_bars(run: dict, title: str = ""):
-    """Bars of each task's main score and the type/overall means (hatched), x100."""
+    """Bars of each task's main score and the type/overall means (grey), x100."""
     rows = summary_keys([run])
     values = [run["metrics"].get(k, math.nan) for k, _ in rows]
     fig, (ax,) = _figure(max(6.0, 0.55 * len(rows) + 2.0), 4.8)
@@ -82,11 +82,11 @@ def summary_bars(run: dict, title: str = ""):
         range(len(rows)),
         values,
         color=["0.55" if m else "tab:blue" for m in means],
-        hatch=None,
     )
     ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1, rotation=90)
     ax.set_xticks(range(len(rows)), [label for _, label in rows], rotation=60, ha="right")
     ax.tick_params(axis="x", labelsize=7)
     ax.set(ylabel="main score x100", ylim=(0, 105))
-    ax.set_title(title or "MTEB main scores (grey: means)", fontsize=9)
+    default = "MTEB main scores x100, test splits, mteb's evaluators (grey: unweighted means)"
+    ax.set_title(title or default, fontsize=9)
     return fig
