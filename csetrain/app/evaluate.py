@@ -23,6 +23,18 @@ def build_evaluator(cfg: DictConfig, ctx: RunContext):
     return instantiate(cfg.eval)
 
 
+def log_mteb_summary(tracker, run_dir, metrics: dict[str, float], summary: list[dict]) -> None:
+    """Protocol labels as run tags, the leaderboard bar plot as an artifact (never fails)."""
+    from csetrain.app.reports.leaderboard import FILE_NAME, summary_bars, summary_tags
+    from csetrain.app.reports.plots import never_fail, save_figure
+
+    tags = summary_tags(summary)
+    tracker.set_tags(tags)
+    run = {"metrics": metrics, "tags": tags}
+    if never_fail("plot mteb_summary", lambda: save_figure(summary_bars(run), run_dir / FILE_NAME)):
+        tracker.log_artifact(run_dir / FILE_NAME, "plots")
+
+
 def run_evaluation(cfg: DictConfig) -> RunSummary:
     """Evaluate, write eval_results.json (and per-pair scores) into the run dir, log them."""
     ctx = RunContext.create(cfg, "evals")
@@ -45,6 +57,10 @@ def run_evaluation(cfg: DictConfig) -> RunSummary:
         }
         write_text_atomic(ctx.run_dir / "eval_results.json", json.dumps(report, indent=2))
         write_text_atomic(ctx.run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if summary := result.details.get("summary"):  # eval=mteb: the leaderboard view
+            report["mteb_summary"] = summary
+            write_text_atomic(ctx.run_dir / "eval_results.json", json.dumps(report, indent=2))
+            log_mteb_summary(tracker, ctx.run_dir, metrics, summary)
         tracker.log_artifact(ctx.run_dir / "eval_results.json")
         if pairs := getattr(result, "pairs", None):  # for `csetrain runs compare`
             save_pair_scores(pairs, ctx.run_dir / PAIR_SCORES)

@@ -1,54 +1,39 @@
 """MTEB's own evaluators on csetrain encoders, fully offline. With mteb_encoder.py (the encoder
-adapter), the only module that imports mteb.
+adapter), the only module that imports mteb; mteb_data.py reads the files.
 
 `MTEBEvaluator` has `STSEvaluator`'s call contract (`evaluator(encoder) -> EvalResult`), but the
-scores come from mteb itself: its task classes, its STS evaluator, its correlation code. Nothing
-is read from a hub: the data of each task is injected into the mteb task object
-(`task.dataset`, `task.data_loaded = True`, which mteb then treats as loaded), either from the
-data pack
+scores come from mteb itself: its task classes and its STS, classification, retrieval and
+summarization evaluators. Nothing is read from a hub: each task's data is injected into mteb's
+task object (`task.dataset`, `task.data_loaded = True`, which mteb then treats as loaded) from
+the data pack (STS_FILES, PACK_FOLDERS) or from `local_tasks: {TaskName: folder}` (a BEIR
+folder, JSON Lines splits, or a `datasets` save_to_disk folder, on which mteb's own
+`dataset_transform` then runs as after a download).
 
-- STS12–16: `sts-senteval/<year>/*.tsv` concatenated (MTEB's datasets hold SentEval's tokenized
-  text; see csetrain/eval/sts.py),
-- STSBenchmark: `sts/stsb/test.tsv` (1,379 pairs),
-- SICK-R: `sts/sickr/{train,dev,test}.tsv` (MTEB pools all 9,927 pairs),
-
-or, for any other task, from a local folder written by `datasets`' `save_to_disk` (what
-`load_dataset(**task.metadata.dataset)` returns, saved on a connected machine; a multilingual
-task's folder holds one such folder per hf_subset), mapped in `local_tasks: {TaskName: folder}`.
-mteb's `dataset_transform` then runs on it as after a download. Tasks with their own loaders
-(retrieval, reranking) do not go through `load_dataset` and are not supported this way.
+Task definitions are MTEB(eng, v1)'s, the leaderboard's: a task in that benchmark gets its
+splits and subsets (AmazonCounterfactual: `en`, test only), any other task mteb's defaults, both
+cut to the splits the data has.
 
 Caching: by default no result cache at all (mteb's "only missing" cache would return a stale
 score for a retrained checkpoint under the same name). With `cache_dir`, results are cached
 under a model name/revision derived from the encoder's weights and inference settings, so two
-checkpoints never share a cached score. mteb writes the hub dataset revision into its results
-even for injected data, so `details` records our own provenance (files and sha256).
+checkpoints never share a cached score. With `output_dir`, every task's result is also written in
+mteb's results layout, `<output_dir>/results/<model>/<revision>/<Task>.json` (+ model_meta.json),
+the layout of the leaderboard's results repository. mteb writes the hub dataset revision into
+its results even for injected data, so `details` records our own provenance (files and sha256).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from csetrain.config import ConfigError, resolve_data_dir
-from csetrain.data.sources import sha256_file
+from csetrain.eval.mteb_data import PACK_FOLDERS, STS_FILES, TaskData, folder_data, sts_data
 from csetrain.eval.mteb_encoder import MTEBEncoder
-from csetrain.eval.sts import EvalResult, read_pairs
+from csetrain.eval.mteb_summary import summary, task_metrics
+from csetrain.eval.sts import EvalResult
 
-# MTEB task name -> our files, relative to the data directory (globs, concatenated in order).
-STS_FILES: dict[str, tuple[str, ...]] = {
-    "STS12": ("sts-senteval/sts12/*.tsv",),
-    "STS13": ("sts-senteval/sts13/*.tsv",),
-    "STS14": ("sts-senteval/sts14/*.tsv",),
-    "STS15": ("sts-senteval/sts15/*.tsv",),
-    "STS16": ("sts-senteval/sts16/*.tsv",),
-    "STSBenchmark": ("sts/stsb/test.tsv",),
-    "SICK-R": ("sts/sickr/train.tsv", "sts/sickr/dev.tsv", "sts/sickr/test.tsv"),
-}
 INSTALL_HINT = "eval=mteb needs the mteb extra: pip install 'csetrain[mteb]'"
 
 
@@ -61,58 +46,63 @@ def _mteb():
     return mteb
 
 
-# ---------------------------------------------------------------------------------------------
-# The data side: our files, injected into mteb's task objects.
+# MTEB(eng, v1)'s splits and subsets (mteb/benchmarks/benchmarks.py, MTEB_ENG_CLASSIC: every
+# task on `test`, these four narrowed further) for the tasks this module knows. Building the
+# benchmark itself constructs every task mteb has (~20 s), so the definition is copied here and
+# a slow test checks it against mteb's.
+V1_NARROWED = {
+    "AmazonCounterfactualClassification": {"eval_splits": ["test"], "hf_subsets": ["en"]},
+    "STS17": {"eval_splits": ["test"], "hf_subsets": ["en-en"]},
+    "STS22": {"eval_splits": ["test"], "hf_subsets": ["en"]},
+    "MSMARCO": {"eval_splits": ["dev"]},
+}
+V1_TASKS = [*STS_FILES, *(t for t in PACK_FOLDERS if t != "SummEvalSummarization.v2")]
 
 
-@dataclass
-class TaskData:
-    """What one task is scored on: STS columns or a local datasets folder, plus provenance."""
-
-    columns: dict[str, list] | None  # sentence1/sentence2/score, for the data-pack STS tasks
-    folder: Path | None  # a save_to_disk folder, for local_tasks
-    files: dict[str, str]  # file (relative to its root) -> sha256
+def leaderboard_filters() -> dict[str, dict]:
+    """MTEB(eng, v1)'s splits and subsets for the data pack's tasks and the narrowed ones."""
+    return {t: {"eval_splits": ["test"]} for t in V1_TASKS} | V1_NARROWED
 
 
-def _sts_data(root: Path, task: str) -> TaskData:
-    """A data-pack STS task: every matching file read with `read_pairs`, concatenated."""
-    paths = [p for pattern in STS_FILES[task] for p in sorted(root.glob(pattern))]
-    missing = [pat for pat in STS_FILES[task] if not any(root.glob(pat))]
-    if missing:
-        raise ConfigError(
-            f"MTEB task {task} needs {root / missing[0]}: fix paths.data_dir / $CSETRAIN_DATA_DIR"
-        )
-    pairs = [read_pairs(p, p.stem) for p in paths]
-    columns = {
-        "sentence1": [s for p in pairs for s in p.first],
-        "sentence2": [s for p in pairs for s in p.second],
-        "score": np.concatenate([p.gold for p in pairs]).tolist(),
-    }
-    return TaskData(columns, None, {str(p.relative_to(root)): sha256_file(p) for p in paths})
+def _available(data: TaskData) -> tuple[set[str], set[str]]:
+    """The (subsets, splits) the injected data holds."""
+    splits = {split for value in data.dataset.values() for split in value}
+    return set(data.dataset), splits
 
 
-def _local_data(task: str, folder: str) -> TaskData:
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"eval.local_tasks.{task}={folder}: no such folder; point it at a datasets save_to_disk folder"
-        )
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return TaskData(None, path, {str(p.relative_to(path)): sha256_file(p) for p in files})
-
-
-def mteb_task(name: str, data: TaskData):
-    """mteb's own task object for `name`, with our data injected (no hub access)."""
-    from datasets import Dataset, DatasetDict, load_from_disk
-
+def task_filters(name: str, data: TaskData, leaderboard: dict[str, dict]) -> dict:
+    """get_task's filters: the leaderboard's splits/subsets, cut to those the data holds."""
+    mteb = _mteb()
+    filters = {k: list(v) for k, v in leaderboard.get(name, {}).items()}
     try:
-        task = _mteb().get_task(name)
+        task = mteb.get_task(name, eval_splits=filters.get("eval_splits"))
     except KeyError:
         raise ConfigError(
             f"eval.tasks: '{name}' is not an MTEB task name (see mteb.get_tasks())"
         ) from None
-    if data.columns is not None:
-        task.dataset = {"default": DatasetDict({"test": Dataset.from_dict(data.columns)})}
+    if not task.metadata.is_multilingual:
+        filters.pop("hf_subsets", None)
+    if data.dataset is None:  # a save_to_disk folder: load_data's own shape, all it holds
+        return filters
+    subsets, splits = _available(data)
+    filters["eval_splits"] = [s for s in task.eval_splits if s in splits]
+    if not filters["eval_splits"]:
+        raise ConfigError(
+            f"MTEB task {name} is scored on {list(task.eval_splits)}; its data has {sorted(splits)}"
+        )
+    if task.metadata.is_multilingual:
+        wanted = filters.get("hf_subsets") or task.hf_subsets
+        filters["hf_subsets"] = [s for s in wanted if s in subsets]
+    return filters
+
+
+def mteb_task(name: str, data: TaskData, leaderboard: dict[str, dict] | None = None):
+    """mteb's own task object for `name`, with our data injected (no hub access)."""
+    from datasets import load_from_disk
+
+    task = _mteb().get_task(name, **task_filters(name, data, leaderboard or {}))
+    if data.dataset is not None:
+        task.dataset = data.dataset
     else:  # exactly what load_data would have loaded, then mteb's own post-processing
         subsets = task.hf_subsets if task.metadata.is_multilingual else [None]
         task.dataset = {
@@ -128,33 +118,7 @@ def mteb_task(name: str, data: TaskData):
 # ---------------------------------------------------------------------------------------------
 # The evaluator.
 
-
-def _label(task: str, split: str, subset: str) -> str:
-    """`STS12`; other splits/subsets than MTEB's usual `test`/`default` are appended with dots."""
-    extra = [s for s, usual in ((subset, "default"), (split, "test")) if s != usual]
-    return ".".join([task, *extra])
-
-
-def _percent(scores: dict) -> dict[str, float]:
-    """mteb's numeric scores ×100; `main_score` is dropped (a copy of the metric it names)."""
-    return {
-        k: 100 * float(v)
-        for k, v in scores.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and k != "main_score"
-    }
-
-
-def task_metrics(task_result, main: str) -> dict[str, float]:
-    """One task's metrics, ×100. A task scored on several subsets/splits also gets
-    `mteb/<Task>/<main>` = their mean, as MTEB's tables aggregate it."""
-    name, metrics, mains = task_result.task_name, {}, []
-    for split, entries in task_result.scores.items():
-        for entry in entries:
-            label = _label(name, split, entry["hf_subset"])
-            metrics.update({f"mteb/{label}/{k}": v for k, v in _percent(entry).items()})
-            mains.append(100 * float(entry["main_score"]))
-    metrics.setdefault(f"mteb/{name}/{main}", float(np.mean(mains)))
-    return metrics
+DEFAULT_TASKS = [*STS_FILES, *PACK_FOLDERS]
 
 
 class MTEBEvaluator:
@@ -162,9 +126,12 @@ class MTEBEvaluator:
 
     Metrics are keyed `mteb/<TaskName>/<metric>` (e.g. `mteb/STS12/cosine_spearman`) and, like
     every csetrain score, are ×100 (mteb itself reports fractions). Every numeric score mteb
-    returns is kept; `primary` is the first task's main score (cosine_spearman for STS tasks),
-    `mteb/avg/<main score>` the mean over tasks when they share one. `details` holds mteb's raw
-    per-task scores, the model name/revision it saw, the mteb version and our data provenance.
+    returns is kept; besides, `mteb/<Task>/main_score`, `mteb/type/<Type>` (mean of that type's
+    main scores) and `mteb/avg/main_score` (mean over tasks) summarise the run as the
+    leaderboard does; `mteb/avg/<metric>` is the mean when all tasks share one main metric.
+    `primary` is the mean over tasks (one task: its main score). `details` holds mteb's raw
+    per-task scores, a protocol label per task (`summary`), the model name/revision it saw, the
+    mteb version and our data provenance.
     """
 
     protocol = "mteb"
@@ -172,48 +139,62 @@ class MTEBEvaluator:
 
     def __init__(
         self,
-        tasks: list[str],
+        tasks: list[str] | None = None,
         data_dir: str | None = None,
         local_tasks: dict[str, str] | None = None,
         batch_size: int = 128,
         progress: bool = False,
         cache_dir: str | None = None,
         protocol: str = "mteb",
+        output_dir: str | None = None,
+        max_rows: int | None = None,
     ) -> None:
         if protocol != "mteb":
             raise ConfigError(
                 f"eval.protocol='{protocol}': the mteb evaluator only scores MTEB's protocol; use eval=sts7 for senteval"
             )
+        tasks = list(DEFAULT_TASKS if tasks is None else tasks)
         local_tasks = dict(local_tasks or {})
-        unknown = [t for t in tasks if t not in STS_FILES and t not in local_tasks]
+        unknown = [t for t in tasks if t not in STS_FILES | PACK_FOLDERS and t not in local_tasks]
         if unknown:
             raise ConfigError(
                 f"eval.tasks: no offline data for MTEB task '{unknown[0]}'; choose from "
-                f"{list(STS_FILES)} or add eval.local_tasks.{unknown[0]}=/path/to/save_to_disk/folder"
+                f"{DEFAULT_TASKS} or add eval.local_tasks.{unknown[0]}=/path/to/folder"
             )
-        self.tasks, self.batch_size, self.progress = list(tasks), batch_size, progress
-        self.cache_dir = cache_dir
+        self.tasks, self.batch_size, self.progress = tasks, batch_size, progress
+        self.cache_dir, self.output_dir, self.max_rows = cache_dir, output_dir, max_rows
         root = resolve_data_dir(data_dir) if any(t not in local_tasks for t in tasks) else None
         # Read (and checksum) everything now, so data errors surface before a model is loaded.
-        self.data = {
-            t: _local_data(t, local_tasks[t]) if t in local_tasks else _sts_data(root, t)
-            for t in self.tasks
-        }
+        self.data = {t: self._read(t, root, local_tasks) for t in tasks}
+
+    def _read(self, task: str, root: Path | None, local_tasks: dict[str, str]) -> TaskData:
+        if task in local_tasks:
+            folder = Path(local_tasks[task]).expanduser()
+            return folder_data(task, folder, f"eval.local_tasks.{task}", self.max_rows)
+        if task in STS_FILES:
+            return sts_data(root, task, self.max_rows)
+        folder = root / PACK_FOLDERS[task]
+        return folder_data(
+            task, folder, f"{task}: paths.data_dir/{PACK_FOLDERS[task]}", self.max_rows
+        )
 
     def label(self, task: str) -> str:
         return task
 
     def run(self, encoder):
-        """mteb.evaluate on our injected tasks -> (mteb's ModelResult, the adapter, main scores)."""
+        """mteb.evaluate on our injected tasks -> (mteb's ModelResult, the adapter, mteb tasks)."""
         mteb = _mteb()
         from mteb.cache import ResultCache  # (mteb.ResultCache only in later 2.x releases)
 
         model = MTEBEncoder(encoder, self.batch_size, self.progress)
-        tasks = [mteb_task(t, self.data[t]) for t in self.tasks]
+        board = leaderboard_filters()
+        tasks = [mteb_task(t, self.data[t], board) for t in self.tasks]
         cache = ResultCache(self.cache_dir) if self.cache_dir else None
         with warnings.catch_warnings():
-            # STSBenchmark is "superseded" by a deduplicated v2; v1 is what MTEB's tables report.
+            # v1 tasks are "superseded" by corrected v2s; v1 is what MTEB(eng, v1) reports.
             warnings.filterwarnings("ignore", message=".*superseded.*")
+            # MTEB's classifier protocol is lbfgs with max_iter=100: it often stops unconverged.
+            warnings.filterwarnings("ignore", message=".*failed to converge.*")
             result = mteb.evaluate(
                 model,
                 tasks,
@@ -223,10 +204,15 @@ class MTEBEvaluator:
                 show_progress_bar=self.progress,
                 encode_kwargs={"batch_size": self.batch_size},
             )
-        return result, model, {t.metadata.name: t.metadata.main_score for t in tasks}
+        if self.output_dir:  # the leaderboard results repository's layout
+            written = ResultCache(Path(self.output_dir) / "mteb")
+            for task_result in result.task_results:
+                written.save_to_cache(task_result, model.mteb_model_meta)
+        return result, model, tasks
 
     def __call__(self, encoder) -> EvalResult:
-        result, model, main_scores = self.run(encoder)
+        result, model, tasks = self.run(encoder)
+        main_scores = {t.metadata.name: t.metadata.main_score for t in tasks}
         metrics, details = {}, self._details(model)
         for task_result in result.task_results:
             name = task_result.task_name
@@ -236,10 +222,15 @@ class MTEBEvaluator:
                 evaluation_time_s=task_result.evaluation_time,
                 mteb_recorded_dataset_revision=task_result.dataset_revision,  # the hub's, not ours
             )
-        mains = [metrics[f"mteb/{t}/{m}"] for t, m in main_scores.items()]
-        if len(mains) > 1 and len(set(main_scores.values())) == 1:  # one metric: a fair average
-            metrics[f"mteb/avg/{main_scores[self.tasks[0]]}"] = float(np.mean(mains))
-        key = f"mteb/{self.tasks[0]}/{main_scores[self.tasks[0]]}"
+        means, details["summary"] = summary(
+            tasks, metrics, details["mteb_version"], set(leaderboard_filters())
+        )
+        metrics.update(means)
+        if len(set(main_scores.values())) == 1:  # one metric: its mean is a fair average too
+            metrics[f"mteb/avg/{main_scores[self.tasks[0]]}"] = means["mteb/avg/main_score"]
+        key = "mteb/avg/main_score"
+        if len(self.tasks) == 1:
+            key = f"mteb/{self.tasks[0]}/{main_scores[self.tasks[0]]}"
         return EvalResult(metrics, metrics[key], key, details)
 
     def _details(self, model: MTEBEncoder) -> dict:
@@ -247,7 +238,10 @@ class MTEBEvaluator:
         return {
             "protocol": "mteb",
             "split": "test",
-            "pairs": {t: len(d.columns["score"]) for t, d in self.data.items() if d.columns},
+            "pairs": {t: d.rows["default/test"] for t, d in self.data.items() if t in STS_FILES},
+            "rows": {t: d.rows for t, d in self.data.items()},
+            "texts_encoded": len(model.memo),  # distinct texts, each encoded once
+            "max_rows": self.max_rows,  # not None: first-N-row slices, no benchmark numbers
             "mteb_version": importlib.metadata.version("mteb"),
             "model": {"name": meta.name, "revision": meta.revision},
             "tasks": {

@@ -57,6 +57,8 @@ class SentenceEncoder(nn.Module):
         attention: str | None = None,
         lora: dict | None = None,
         include_prompt: bool = True,
+        max_seq_length: int | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if mlp_head not in ("none", "train_only", "always"):
@@ -80,12 +82,11 @@ class SentenceEncoder(nn.Module):
         # Frozen encoders whose inference embeddings precede this one's (MCL's stages): a plain
         # list, so they are never optimised and never in this module's state_dict.
         self.prefix_encoders: list[SentenceEncoder] = []
-        # Training forwards on packed rows (modeling/packing.py); set from trainer.packing.
-        self.packing = False
+        self.packing = False  # training forwards on packed rows (modeling/packing.py)
         # What a sentence-transformers folder declares beyond the layers (modeling/st_folder.py):
         # a final Normalize, its max_seq_length, its prompts and whether pooling includes them.
-        self.normalize, self.max_seq_length = False, None
-        self.prompts: dict[str, str] = {}
+        self.normalize, self.max_seq_length = normalize, max_seq_length
+        self.prompts: dict[str, str] = {}  # by name; default_prompt_name picks one for encode()
         self.default_prompt_name: str | None = None
         self.include_prompt = include_prompt  # False: pooling skips them (modeling/prompts.py)
         self.pooling_layer = pooling_layer(pooler, config.hidden_size, latent_attention)

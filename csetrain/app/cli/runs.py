@@ -96,6 +96,7 @@ def runs_compare(
 ) -> None:
     """Config and metric differences of two runs (ids, prefixes or run dirs), a paired bootstrap
     test on their per-pair test similarities, and the UI link to the same view."""
+    from csetrain.app.reports.leaderboard import leaderboard_table, summary_keys
     from csetrain.app.reports.tables import (
         compare_table,
         pair_scores_for,
@@ -107,6 +108,8 @@ def runs_compare(
     quiet_libraries()
     first, second = _resolve(uri, experiment, a), _resolve(uri, experiment, b)
     typer.echo(compare_table(first, second))
+    if summary_keys([first, second]):  # eval=mteb runs: the leaderboard view too
+        typer.echo("\n" + leaderboard_table(first, second))
     pairs = [pair_scores_for(run, uri) for run in (first, second)]
     if None in pairs:
         which = " and ".join(n for n, p in zip("AB", pairs) if p is None)

@@ -131,8 +131,15 @@ def local_run(folder: Path) -> dict:
         "experiment_id": None,
         "params": flatten(config or {}),
         "metrics": {f"test/{k}": v for k, v in test.get("metrics", {}).items()},
-        "tags": {"run_dir": str(folder.resolve())},
+        "tags": {"run_dir": str(folder.resolve()), **_mteb_tags(results)},
     }
+
+
+def _mteb_tags(results: dict) -> dict[str, str]:
+    """The protocol labels an eval=mteb run dir keeps in eval_results.json (`mteb_summary`)."""
+    from csetrain.app.reports.leaderboard import summary_tags
+
+    return summary_tags(results.get("mteb_summary", []))
 
 
 def pair_scores_for(run: dict, uri: str | None):
