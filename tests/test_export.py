@@ -120,7 +120,7 @@ def test_onnx_int8_scores_are_logged_and_on_the_card(trained_2dmse_run, tmp_path
         assert f"| {key} | {metrics[key]:.2f} |" in card
     # The logged score is the exported graph's, rescored here. (Not compared with the PyTorch
     # test score: the random tiny model's embeddings are near-parallel, so float32 differences
-    # of 1e-6 reorder its similarities; on MiniLM both are 75.93, docs/ship.md.)
+    # of 1e-6 reorder its similarities; on MiniLM both are 75.93, docs/export.md.)
     from csetrain.eval.sts import STSEvaluator
 
     data_dir = read_run(uri, run_id)["params"]["eval.data_dir"]

@@ -1,6 +1,6 @@
 """`csetrain export RUN`: a run's selected checkpoint as a sentence-transformers folder with its
 model card; `--format onnx` adds ONNX, `--format mlflow` logs it with MLflow's flavor,
-`--push REPO_ID` uploads it to the Hugging Face Hub (docs/ship.md)."""
+`--push REPO_ID` uploads it to the Hugging Face Hub (docs/export.md)."""
 
 from __future__ import annotations
 
