@@ -88,7 +88,7 @@ def trained_2dmse_run(tmp_path_factory, _empty_mlflow_db):
     """(store URI, run id): one tiny 2D-Matryoshka run trained into a SQLite store through the
     CLI, dev-selected, with its start scores; shared by the export tests (test_export.py,
     test_model_flavor.py), which only read it or write beside it."""
-    from .helpers import csetrain_in_process, shared_cache, small_sts
+    from .helpers import csetrain_in_process, only_run, shared_cache, small_sts
 
     root = tmp_path_factory.mktemp("trained_2dmse")
     shutil.copyfile(_empty_mlflow_db, root / "mlflow.db")
@@ -109,8 +109,5 @@ def trained_2dmse_run(tmp_path_factory, _empty_mlflow_db):
         f"paths.cache_dir={shared_cache()}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    client, run = only_run(uri)
     return uri, run.info.run_id

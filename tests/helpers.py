@@ -110,3 +110,12 @@ def sigterm_at_step(monkeypatch, step: int = 3):
 
     monkeypatch.setattr(MlflowTracker, "log_metrics", kill_at_step)
     return lambda: monkeypatch.setattr(MlflowTracker, "log_metrics", original)
+
+
+def only_run(uri: str, experiment: str = "csetrain-demo"):
+    """(client, run): the one MLflow run of `experiment` in the store at `uri` (fails if not one)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, run

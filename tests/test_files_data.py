@@ -8,7 +8,7 @@ import pytest
 from csetrain.config import ConfigError
 from csetrain.data.files import Files
 
-from .helpers import csetrain_in_process, small_sts
+from .helpers import csetrain_in_process, only_run, small_sts
 
 TRIPLETS = [
     {
@@ -348,10 +348,7 @@ def test_train_two_steps_on_files_with_dropped_rows_tagged(tmp_path, mlflow_stor
         f"paths.cache_dir={tmp_path}/cache",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    client, run = only_run(uri)
     assert run.info.status == "FINISHED"
     assert run.data.tags["data.dropped_rows"] == "1"
     assert run.data.tags["data.sentences"] == "11"

@@ -28,7 +28,7 @@ from csetrain.negatives.hard_from_data import HardFromData
 from csetrain.objectives.simcse_sup import SimCSESup
 from csetrain.runtime import Runtime
 
-from .helpers import csetrain_in_process, small_sts
+from .helpers import csetrain_in_process, only_run, small_sts
 from .test_files_data import save_dataset, write
 from .tolerances import FLOAT64_RTOL, assert_float64_close
 
@@ -334,10 +334,7 @@ def test_train_two_steps_with_three_negatives(tmp_path, mlflow_store):
         f"paths.cache_dir={tmp_path}/cache",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    client, run = only_run(uri)
     assert run.info.status == "FINISHED"
     assert run.data.tags["data.hard_negatives"] == "3"
     losses = client.get_metric_history(run.info.run_id, "train/loss")

@@ -29,7 +29,7 @@ from csetrain.app.store.tracker import NullTracker
 from csetrain.eval.grid import grid_heatmap
 from csetrain.eval.sts import EvalResult
 
-from .helpers import csetrain_cli
+from .helpers import csetrain_cli, only_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HISTORY = [
@@ -223,10 +223,7 @@ def test_cli_2dmse_run_logs_plots_and_grid_as_artifacts(tmp_path, mlflow_store):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "failed" not in proc.stderr  # no plot or grid warning
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    client, run = only_run(uri)
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {
         "plots/training_curves.png",

@@ -12,7 +12,7 @@ from csetrain.app.train import build
 from csetrain.config import ASSETS_DIR
 from csetrain.loop import fit
 
-from .helpers import csetrain_cli, csetrain_in_process, shared_cache, small_sts
+from .helpers import csetrain_cli, csetrain_in_process, only_run, shared_cache, small_sts
 from .test_config import _compose
 from .tolerances import assert_float32_of_float64_close
 
@@ -121,10 +121,7 @@ def test_cli_train_into_mlflow_and_reload_with_sentence_transformers(tmp_path, m
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "test/senteval/stsb/spearman" in metrics
 
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    client, run = only_run(uri)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/senteval/stsb/spearman"] == pytest.approx(
         metrics["test/senteval/stsb/spearman"]
@@ -169,8 +166,5 @@ def test_cli_failure_marks_run_failed(tmp_path, mlflow_store):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: corpus file not found")
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("csetrain-demo").experiment_id])
+    client, run = only_run(uri)
     assert run.info.status == "FAILED"
