@@ -74,7 +74,9 @@ def build(
         encoder.checkpoint_activations()
     objective = build_objective(cfg, runtime).to(runtime.device)
     tokenizer = encoder.tokenizer
-    mix = mixed_sources(cfg, objective, tokenizer, settings)  # data=mix (docs/data-mix.md), else None
+    mix = mixed_sources(
+        cfg, objective, tokenizer, settings
+    )  # data=mix (docs/data-mix.md), else None
     corpus = mix.corpus if mix else load_data(cfg.data)
     check_fields(objective, corpus)
     carry_prompts(encoder, corpus.prompts)  # saved with the model; dev evaluation applies them
