@@ -35,21 +35,10 @@ from pathlib import Path
 from benchlib import child_ran, print_table, spawn  # scripts/ is on sys.path when run
 
 from csetrain.eval.mteb import DEFAULT_TASKS
+from csetrain.eval.mteb_data import published_minilm_scores
 
 TOLERANCE = 0.05  # x100: the issue's +-0.0005; SummEval's near-tied cosines move by float noise
 VARIANTS = ("csetrain", "mteb")
-# all-MiniLM-L6-v2's published STS scores (embeddings-benchmark/results, mteb 1.12.75; REFERENCE
-# §3.2): three decimals where they are quoted, else the table's two.
-PUBLISHED_STS = {
-    "STS12": 72.369,
-    "STS13": 80.603,
-    "STS14": 75.59,
-    "STS15": 85.390,
-    "STS16": 78.989,
-    "STSBenchmark": 82.032,
-    "SICK-R": 77.582,
-}
-SUMMEVAL_V2 = 25.9711  # statistic-only value quoted in mteb PR #1157 (no published JSON)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,17 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.data_dir:
         parser.error("set --data-dir or $CSETRAIN_DATA_DIR (the data pack with sts/, mteb/)")
     return args
-
-
-def published(data_dir: Path) -> dict[str, float]:
-    """MiniLM's published main scores x100 (test split; AmazonCounterfactual: subset en)."""
-    scores = dict(PUBLISHED_STS, **{"SummEvalSummarization.v2": SUMMEVAL_V2})
-    for path in sorted((data_dir / "mteb" / "published-all-MiniLM-L6-v2").glob("*.json")):
-        result = json.loads(path.read_text())
-        entries = result["scores"]["test"]
-        entry = next((e for e in entries if e["hf_subset"] in ("en", "default")), entries[0])
-        scores[result["task_name"]] = 100 * entry["main_score"]
-    return scores
 
 
 def peak_rss_mib() -> float:
@@ -226,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     if child_ran(args, child, "mteb", "bench_eval.py"):
         return
     ours, theirs = (spawn(__file__, v, argv, args.threads) for v in VARIANTS)
-    paper = published(Path(args.data_dir))
+    paper = published_minilm_scores(Path(args.data_dir))
     agree = report_scores(ours, theirs, paper, args)
     report_times(ours, theirs)
     if args.json:

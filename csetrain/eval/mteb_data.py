@@ -184,3 +184,32 @@ def _beir(folder: Path, max_rows: int | None):
         }
         rows.update({f"{split}/corpus": len(docs), f"{split}/queries": len(queries)})
     return {"default": splits}, rows
+
+
+# all-MiniLM-L6-v2's published STS main scores x100 (embeddings-benchmark/results, mteb 1.12.75;
+# REFERENCE §3.2): three decimals where they are quoted, else the table's two. The pack has no
+# JSON for these, nor for SummEval v2 (the statistic-only value quoted in mteb PR #1157).
+PUBLISHED_MINILM_STS = {
+    "STS12": 72.369,
+    "STS13": 80.603,
+    "STS14": 75.59,
+    "STS15": 85.390,
+    "STS16": 78.989,
+    "STSBenchmark": 82.032,
+    "SICK-R": 77.582,
+}
+PUBLISHED_MINILM_SUMMEVAL_V2 = 25.9711
+
+
+def published_minilm_scores(data_dir: Path) -> dict[str, float]:
+    """MiniLM's published main scores x100 for every task of the pack (test split;
+    AmazonCounterfactual: subset en): the STS table above plus the pack's result JSONs."""
+    scores = dict(
+        PUBLISHED_MINILM_STS, **{"SummEvalSummarization.v2": PUBLISHED_MINILM_SUMMEVAL_V2}
+    )
+    for path in sorted((Path(data_dir) / "mteb" / "published-all-MiniLM-L6-v2").glob("*.json")):
+        result = json.loads(path.read_text())
+        entries = result["scores"]["test"]
+        entry = next((e for e in entries if e["hf_subset"] in ("en", "default")), entries[0])
+        scores[result["task_name"]] = 100 * entry["main_score"]
+    return scores
