@@ -119,3 +119,16 @@ def only_run(uri: str, experiment: str = "csetrain-demo"):
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     return client, run
+
+
+def negative_rows(tokenizer, texts, fields, tails) -> dict:
+    """Token-id columns of a k-negative batch: anchors `texts`, positives the reversed texts,
+    hard negative i each text + tails[i] (distinct from every anchor and positive)."""
+    return {
+        "anchor_ids": tokenizer(texts)["input_ids"],
+        "positive_ids": tokenizer(texts[::-1])["input_ids"],
+        **{
+            f"{field}_ids": tokenizer([t + tail for t in texts])["input_ids"]
+            for field, tail in zip(fields, tails)
+        },
+    }

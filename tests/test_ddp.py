@@ -26,6 +26,8 @@ from csetrain.negatives.hard_from_data import HardFromData
 from csetrain.objectives.simcse_sup import SimCSESup
 from csetrain.runtime import average_gradients
 
+from .helpers import negative_rows
+
 TEXTS = [
     "a man plays a guitar",
     "two dogs run in a field",
@@ -47,14 +49,7 @@ def _setup(negatives: int = 1):
     encoder = SentenceEncoder(tiny(dropout=0.0), pooler="cls", mlp_head="always").double()
     tok = encoder.tokenizer
     fields = negative_fields(negatives)
-    rows = {
-        "anchor_ids": tok(TEXTS)["input_ids"],
-        "positive_ids": tok(TEXTS[::-1])["input_ids"],
-        **{
-            f"{field}_ids": tok([t + tail for t in TEXTS])["input_ids"]
-            for field, tail in zip(fields, NEVER)
-        },
-    }
+    rows = negative_rows(tok, TEXTS, fields, NEVER)
     collate = Collator(
         ("anchor", "positive", *fields),
         Dropout(),

@@ -28,7 +28,7 @@ from csetrain.negatives.hard_from_data import HardFromData
 from csetrain.objectives.simcse_sup import SimCSESup
 from csetrain.runtime import Runtime
 
-from .helpers import csetrain_in_process, only_run, small_sts
+from .helpers import csetrain_in_process, negative_rows, only_run, small_sts
 from .test_files_data import save_dataset, write
 from .tolerances import FLOAT64_RTOL, assert_float64_close
 
@@ -116,14 +116,7 @@ def test_k1_is_bitwise_the_single_negative_loss():
 def _batch(encoder, negatives: int = K):
     fields = negative_fields(negatives)
     tok = encoder.tokenizer
-    rows = {
-        "anchor_ids": tok(TEXTS)["input_ids"],
-        "positive_ids": tok(TEXTS[::-1])["input_ids"],
-        **{
-            f"{f}_ids": tok([t + tail for t in TEXTS])["input_ids"]
-            for f, tail in zip(fields, TAILS)
-        },
-    }
+    rows = negative_rows(tok, TEXTS, fields, TAILS)
     collate = Collator(
         ("anchor", "positive", *fields), Dropout(), tok.pad_token_id, set(), False, seed=0
     )
