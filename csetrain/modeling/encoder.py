@@ -9,9 +9,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
+from csetrain.modeling.batching import batch_token_budget, length_sorted_batches
 from csetrain.modeling.decoders import adapted, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
 from csetrain.modeling.momentum import MomentumEncoder
@@ -264,35 +266,33 @@ class SentenceEncoder(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, sentences, batch_size=128, progress=False, embed=None, prompt=None) -> Tensor:
+    def encode(
+        self, sentences, batch_size=128, progress=False, embed=None, prompt=None, batch_tokens=None
+    ) -> Tensor:
         """Inference embeddings (N, output_dim), float32 on CPU, in input order.
 
         Each distinct sentence is tokenized and encoded once, in batches of similar token length
-        (sorting by tokens, not characters, pads least), with no truncation below the model's
-        position limit. `embed(input_ids, attention_mask) -> (n, ...)` replaces `inference`
-        (the layer x dim grid takes every layer from one forward); the result is then (N, ...).
+        (sorted by tokens, not characters: least padding), truncated only at the model's limit;
+        a batch holds <= `batch_size` sentences and, on a CPU, <= `batch_tokens` padded tokens
+        (modeling/batching.py). `embed(input_ids, attention_mask) -> (n, ...)` replaces
+        `inference` (the layer x dim grid takes every layer from one forward; result (N, ...)).
         `prompt` goes before every sentence (None: the default prompt), as in sentence-transformers.
         """
-        from tqdm.auto import tqdm
-
         embed = embed or self.inference
-
         unique = list(dict.fromkeys(sentences))
         limit, prompt = self.max_length, default_text(self) if prompt is None else prompt
         texts = [prompt + s for s in unique]
         ids = self.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
         length = prompt_length(self.tokenizer, prompt, limit)
-        order = sorted(range(len(unique)), key=lambda i: -len(ids[i]))
-        was_training = self.training
+        budget = batch_token_budget(self.device, batch_tokens)  # None: this device's default
+        batches = length_sorted_batches(list(map(len, ids)), batch_size, budget)
+        was_training, vectors = self.training, torch.empty(len(unique), self.output_dim)
         self.eval()
-        vectors = torch.empty(len(unique), self.output_dim)
-        starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="encode", disable=not progress, leave=False):
-            idx = order[start : start + batch_size]
+        for k, idx in enumerate(tqdm(batches, desc="encode", disable=not progress, leave=False)):
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
             mask = batch["attention_mask"].to(self.device)
             z = embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
-            if start == 0 and z.shape[1:] != vectors.shape[1:]:
+            if k == 0 and z.shape[1:] != vectors.shape[1:]:
                 vectors = torch.empty(len(unique), *z.shape[1:])
             vectors[idx] = z.float().cpu()
         self.train(was_training)
