@@ -48,6 +48,7 @@ bench: install  ## CPU speed benchmarks against sentence-transformers and mteb (
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_eval.py
+	$(PY) scripts/bench_batching.py
 
 clean:  ## remove outputs/ (runs, MLflow store, caches); keeps .venv
 	rm -rf outputs

@@ -1,0 +1,109 @@
+"""CPU inference batching: csetrain's encode with its padded-token cap vs without it vs
+sentence-transformers' encode, same model, same batch size, side by side in one process.
+
+Three text sets from the data pack span MTEB's lengths: Banking77 test queries (~15 tokens),
+SummEval machine summaries (~75), SciFact abstracts (title + text, cut at 256). Each variant
+encodes a set once to warm up, then `--repeats` times; the best time counts. The budget sweep
+(`--budgets`) is what chose csetrain.modeling.batching.CPU_BATCH_TOKENS.
+
+    python scripts/bench_batching.py [--batch-size 128] [--threads 2] [--repeats 2]
+        [--budgets 512 1024 2048 4096] [--data-dir DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import print_table  # noqa: E402
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--budgets", type=int, nargs="*", default=[512, 1024, 2048, 4096])
+    parser.add_argument("--per-set", type=int, default=600, help="texts per set")
+    parser.add_argument("--data-dir", default=os.environ.get("CSETRAIN_DATA_DIR", ""))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.data_dir:
+        parser.error("set --data-dir or $CSETRAIN_DATA_DIR (the data pack with mteb/)")
+    return args
+
+
+def text_sets(data_dir: Path, n: int) -> dict[str, list[str]]:
+    pack = data_dir / "mteb"
+    lines = (pack / "Banking77Classification" / "test.jsonl").read_text().splitlines()
+    queries = [json.loads(line)["text"] for line in lines]
+    rows = (json.loads(line) for line in (pack / "SummEval" / "test.jsonl").open())
+    summaries = [s for row in rows for s in row["machine_summaries"]]
+    with gzip.open(pack / "SciFact" / "corpus.jsonl.gz", "rt") as corpus:
+        docs = [" ".join((d.get("title", ""), d["text"])).strip() for d in map(json.loads, corpus)]
+    sets = {"Banking77 queries": queries, "SummEval summaries": summaries, "SciFact docs": docs}
+    return {name: list(dict.fromkeys(texts))[:n] for name, texts in sets.items()}
+
+
+def best_rate(encode, texts: list[str], repeats: int) -> float:
+    """Texts per second, best of `repeats` after one warm-up pass."""
+    encode(texts)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encode(texts)
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best
+
+
+def variants(args) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    from csetrain.modeling.backbones import minilm_dir, minilm_l6
+    from csetrain.modeling.encoder import SentenceEncoder
+
+    ours = SentenceEncoder(minilm_l6(), pooler="mean", max_seq_length=256, normalize=True)
+    peer = SentenceTransformer(str(minilm_dir()), device="cpu")
+    bs = args.batch_size
+    runs = {"sentence-transformers": lambda t: peer.encode(t, batch_size=bs)}
+    runs["csetrain, no cap"] = lambda t: ours.encode(t, bs, batch_tokens=0)
+    for budget in args.budgets:
+        runs[f"csetrain, {budget} tokens"] = lambda t, b=budget: ours.encode(t, bs, batch_tokens=b)
+    return runs
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    sets = text_sets(Path(args.data_dir), args.per_set)
+    runs = variants(args)
+    rates = {
+        n: {s: best_rate(f, t, args.repeats) for s, t in sets.items()} for n, f in runs.items()
+    }
+    if args.json:
+        print(json.dumps({"settings": vars(args), "texts_per_s": rates}))
+        return
+    print(
+        f"all-MiniLM-L6-v2, 256-token cut, batch size {args.batch_size}, {args.threads} threads, "
+        f"{args.per_set} distinct texts per set, best of {args.repeats}; texts/s (x: vs ST)"
+    )
+    peer = rates["sentence-transformers"]
+    rows = {
+        name: tuple(f"{r[s]:.1f} ({r[s] / peer[s]:.2f}x)" for s in sets)
+        for name, r in rates.items()
+    }
+    print_table(tuple(sets), rows)
+
+
+if __name__ == "__main__":
+    main()
