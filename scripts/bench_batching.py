@@ -13,15 +13,14 @@ encodes a set once to warm up, then `--repeats` times; the best time counts. The
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import print_table  # noqa: E402
+from benchlib import best_rate, print_table  # noqa: E402
 
 
 def parse(argv=None):
@@ -40,26 +39,16 @@ def parse(argv=None):
 
 
 def text_sets(data_dir: Path, n: int) -> dict[str, list[str]]:
+    from csetrain.data.beir import read_corpus
+
     pack = data_dir / "mteb"
     lines = (pack / "Banking77Classification" / "test.jsonl").read_text().splitlines()
     queries = [json.loads(line)["text"] for line in lines]
     rows = (json.loads(line) for line in (pack / "SummEval" / "test.jsonl").open())
     summaries = [s for row in rows for s in row["machine_summaries"]]
-    with gzip.open(pack / "SciFact" / "corpus.jsonl.gz", "rt") as corpus:
-        docs = [" ".join((d.get("title", ""), d["text"])).strip() for d in map(json.loads, corpus)]
+    docs = list(read_corpus(pack / "SciFact")[0].values())  # title + text, as mteb embeds them
     sets = {"Banking77 queries": queries, "SummEval summaries": summaries, "SciFact docs": docs}
     return {name: list(dict.fromkeys(texts))[:n] for name, texts in sets.items()}
-
-
-def best_rate(encode, texts: list[str], repeats: int) -> float:
-    """Texts per second, best of `repeats` after one warm-up pass."""
-    encode(texts)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        encode(texts)
-        best = min(best, time.perf_counter() - started)
-    return len(texts) / best
 
 
 def variants(args) -> dict:
@@ -88,7 +77,8 @@ def main(argv=None) -> None:
     sets = text_sets(Path(args.data_dir), args.per_set)
     runs = variants(args)
     rates = {
-        n: {s: best_rate(f, t, args.repeats) for s, t in sets.items()} for n, f in runs.items()
+        name: {s: best_rate(partial(run, t), len(t), args.repeats) for s, t in sets.items()}
+        for name, run in runs.items()
     }
     if args.json:
         print(json.dumps({"settings": vars(args), "texts_per_s": rates}))

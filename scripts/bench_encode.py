@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import print_table  # noqa: E402
+from benchlib import best_rate, print_table  # noqa: E402
 
 
 def parse(argv=None):
@@ -56,17 +56,6 @@ def sentences(data_dir: str, n: int) -> list[str]:
     return list(dict.fromkeys([*pairs.first, *pairs.second]))[:n]
 
 
-def speed(encoder, texts: list[str], batch_size: int, repeats: int) -> float:
-    """Sentences per second, best of `repeats` after one warm-up pass."""
-    encoder.encode(texts[:batch_size], batch_size=batch_size)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        encoder.encode(texts, batch_size=batch_size)
-        best = min(best, time.perf_counter() - started)
-    return len(texts) / best
-
-
 def main(argv=None) -> None:
     args = parse(argv)
     import torch
@@ -83,7 +72,8 @@ def main(argv=None) -> None:
     evaluator = STSEvaluator(["stsb"], "test", "senteval", data_dir, batch_size=args.batch_size)
     results = {}
     for name, encoder in encoders(args.folder, args.threads).items():
-        rate = speed(encoder, texts, args.batch_size, args.repeats)
+        encode = partial(encoder.encode, texts, batch_size=args.batch_size)
+        rate = best_rate(encode, len(texts), args.repeats)
         score = evaluator(encoder).metrics["senteval/stsb/spearman"]
         results[name] = {"sentences_per_s": rate, "stsb_test_spearman": score}
     base = results["pytorch fp32"]["sentences_per_s"]

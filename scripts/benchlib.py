@@ -53,3 +53,15 @@ def print_table(columns: tuple[str, ...], rows: dict[str, tuple[str, ...]]) -> N
     print(" " * first + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
     for name, cells in rows.items():
         print(f"{name:<{first}}" + "".join(f"{v:>{w}}" for v, w in zip(cells, widths)))
+
+
+def best_rate(run, items: int, repeats: int) -> float:
+    """`items` per second of `run()`, best of `repeats` timed calls after one warm-up call (the
+    least disturbed by other load on a shared machine)."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return items / best
