@@ -9,14 +9,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
-from csetrain.modeling.batching import batch_token_budget, length_sorted_batches
+from csetrain.modeling.batching import batch_token_budget, length_sorted_batches, padded_batches
 from csetrain.modeling.decoders import adapted, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
 from csetrain.modeling.momentum import MomentumEncoder
+from csetrain.modeling.onednn import prepacked_linears
 from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
 from csetrain.modeling.prompts import default_text, pooling_mask, prompt_length
@@ -287,14 +287,14 @@ class SentenceEncoder(nn.Module):
         budget = batch_token_budget(self.device, batch_tokens)  # None: this device's default
         batches = length_sorted_batches(list(map(len, ids)), batch_size, budget)
         was_training, vectors = self.training, torch.empty(len(unique), self.output_dim)
-        self.eval()
-        for k, idx in enumerate(tqdm(batches, desc="encode", disable=not progress, leave=False)):
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            mask = batch["attention_mask"].to(self.device)
-            z = embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
-            if k == 0 and z.shape[1:] != vectors.shape[1:]:
-                vectors = torch.empty(len(unique), *z.shape[1:])
-            vectors[idx] = z.float().cpu()
+        with prepacked_linears(self.eval()):  # on a CPU, oneDNN's linears (modeling/onednn.py)
+            padded = padded_batches(self.tokenizer, ids, batches, progress)
+            for k, (idx, batch) in enumerate(padded):
+                mask = batch["attention_mask"].to(self.device)
+                z = embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
+                if k == 0 and z.shape[1:] != vectors.shape[1:]:
+                    vectors = torch.empty(len(unique), *z.shape[1:])
+                vectors[idx] = z.float().cpu()
         self.train(was_training)
         position = {s: i for i, s in enumerate(unique)}
         return vectors[[position[s] for s in sentences]]
