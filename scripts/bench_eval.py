@@ -32,7 +32,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import child_ran, print_table, spawn  # scripts/ is on sys.path when run
+from benchlib import (  # scripts/ is on sys.path when run
+    child_ran,
+    gemm_peak_gflops,
+    print_table,
+    spawn,
+    transformer_flops,
+)
 
 from csetrain.eval.mteb import DEFAULT_TASKS
 from csetrain.eval.mteb_data import published_minilm_scores
@@ -80,18 +86,35 @@ def run_csetrain(args: argparse.Namespace) -> dict:
         max_rows=args.max_rows,
         cache_dir=args.cache_dir,
     )
+    encoded = record_texts(encoder)
     loaded, cpu = time.perf_counter(), time.process_time()
     result = evaluator(encoder)
     done, cpu = time.perf_counter(), time.process_time() - cpu
+    ids = encoder.tokenizer(encoded, truncation=True, max_length=encoder.max_length)["input_ids"]
     return {
         "scores": {t: result.metrics[f"mteb/{t}/main_score"] for t in args.tasks},
         "task_s": {t: result.details["tasks"][t]["evaluation_time_s"] for t in args.tasks},
         "load_s": loaded - start,
         "eval_s": done - loaded,
         "eval_cpu_s": cpu,
+        "encode_s": result.details["encode_s"],
+        "encode_tflop": transformer_flops(list(map(len, ids)), encoder.config) / 1e12,
+        "gemm_peak_gflops": gemm_peak_gflops(encoder.hidden_size, encoder.config.intermediate_size),
         "texts_encoded": result.details["texts_encoded"],
         "mteb_version": result.details["mteb_version"],
     }
+
+
+def record_texts(encoder) -> list[str]:
+    """The texts `encoder.encode` is given from now on (a list it fills; timing unaffected)."""
+    texts, encode = [], encoder.encode
+
+    def recording(sentences, *args, **kwargs):
+        texts.extend(sentences)
+        return encode(sentences, *args, **kwargs)
+
+    encoder.encode = recording
+    return texts
 
 
 def run_mteb(args: argparse.Namespace) -> dict:
@@ -195,6 +218,23 @@ def report_times(ours: dict, theirs: dict) -> None:
         "eval: the evaluate call (encode + score); eval CPU: process CPU seconds, all threads; "
         "load: model + data; cse s / mteb s: mteb's evaluation_time per task (csetrain's first "
         "task that meets a text pays for encoding it); load: 1-min load average at the end"
+    )
+    report_roofline(ours, theirs)
+
+
+def report_roofline(ours: dict, theirs: dict) -> None:
+    """How far any float32 implementation could go here: csetrain's transformer arithmetic at
+    this machine's best GEMM rate, plus the rest of its time (mteb's own evaluators and task
+    setup, which a faster encoder does not touch)."""
+    peak, flop = ours["gemm_peak_gflops"], ours["encode_tflop"] * 1e12
+    rest = ours["eval_s"] - ours["encode_s"]
+    floor = flop / (peak * 1e9) + rest
+    print(
+        f"\nfp32 roofline (csetrain side): encode {ours['encode_s']:.1f} s + the rest (mteb's "
+        f"scoring, task setup) {rest:.1f} s; {ours['encode_tflop']:.1f} TFLOP of transformer arithmetic at "
+        f"{flop / ours['encode_s'] / 1e9:.0f} GFLOP/s vs this machine's best fp32 GEMM rate "
+        f"{peak:.0f} GFLOP/s. At that rate throughout: {floor:.1f} s, so mteb / csetrain could "
+        f"reach at most {theirs['eval_s'] / floor:.2f} here (no padding, no overhead)"
     )
 
 

@@ -65,3 +65,30 @@ def best_rate(run, items: int, repeats: int) -> float:
         run()
         best = min(best, time.perf_counter() - started)
     return items / best
+
+
+def transformer_flops(lengths: list[int], config) -> float:
+    """Multiply-add FLOPs (2 per MAC) of a BERT-style encoder forward over sequences of these
+    token lengths: per layer the Q, K, V, output and two FFN projections (2 l (4 h^2 + 2 h f))
+    plus attention scores and their weighted sum (4 l^2 h); embeddings and norms left out."""
+    h, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return float(sum(layers * (2 * n * (4 * h * h + 2 * h * f) + 4 * n * n * h) for n in lengths))
+
+
+def gemm_peak_gflops(hidden: int, intermediate: int, rows: int = 1024, calls: int = 30) -> float:
+    """This machine's best float32 rate for one FFN-shaped product (rows x hidden) . (hidden x
+    intermediate), best of PyTorch's F.linear and oneDNN's prepacked linear (the kernels an
+    encoder can use here): the ceiling the transformer's arithmetic could run at."""
+    import torch
+
+    x, w = torch.randn(rows, hidden), torch.randn(intermediate, hidden)
+    kernels = [lambda: torch.nn.functional.linear(x, w)]
+    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+    flops = 2 * rows * hidden * intermediate
+    return max(best_rate(k, flops * calls, 3) for k in (_repeat(k, calls) for k in kernels)) / 1e9
+
+
+def _repeat(call, times: int):
+    return lambda: [call() for _ in range(times)]

@@ -201,6 +201,8 @@ def test_results_are_written_in_mtebs_own_layout(small_pack, tmp_path):
     assert (folder / "model_meta.json").is_file()
     assert result.metrics["mteb/STSBenchmark/main_score"] == result.primary
     assert result.details["texts_encoded"] == len(set(result_texts(small_pack)))
+    task_s = result.details["tasks"]["STSBenchmark"]["evaluation_time_s"]
+    assert 0 < result.details["encode_s"] <= task_s  # the encoder's share of mteb's time
 
 
 def result_texts(pack: Path) -> list[str]:
