@@ -6,8 +6,11 @@ SummEval machine summaries (~75), SciFact abstracts (title + text, cut at 256). 
 encodes a set once to warm up, then `--repeats` times; the best time counts. The budget sweep
 (`--budgets`) is what chose csetrain.modeling.batching.CPU_BATCH_TOKENS.
 
+The "plain nn.Linear" variant turns off the oneDNN prepacked linears (modeling/onednn.py) to
+show what they add; `--dtype bf16` runs every variant, the peer included, under bf16 autocast.
+
     python scripts/bench_batching.py [--batch-size 128] [--threads 2] [--repeats 2]
-        [--budgets 512 1024 2048 4096] [--data-dir DIR] [--json]
+        [--budgets 512 1024 2048 4096] [--dtype fp32|bf16] [--data-dir DIR] [--json]
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def parse(argv=None):
     parser.add_argument("--budgets", type=int, nargs="*", default=[512, 1024, 2048, 4096])
     parser.add_argument("--per-set", type=int, default=600, help="texts per set")
     parser.add_argument("--data-dir", default=os.environ.get("CSETRAIN_DATA_DIR", ""))
+    parser.add_argument(
+        "--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, every variant"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not args.data_dir:
@@ -62,9 +68,30 @@ def variants(args) -> dict:
     bs = args.batch_size
     runs = {"sentence-transformers": lambda t: peer.encode(t, batch_size=bs)}
     runs["csetrain, no cap"] = lambda t: ours.encode(t, bs, batch_tokens=0)
+    runs["csetrain, 1024 tokens, plain nn.Linear"] = partial(plain_linears, ours.encode, bs)
     for budget in args.budgets:
         runs[f"csetrain, {budget} tokens"] = lambda t, b=budget: ours.encode(t, bs, batch_tokens=b)
     return runs
+
+
+def plain_linears(encode, batch_size: int, texts: list[str]):
+    """encode with oneDNN's prepacked linears off (modeling/onednn.py): PyTorch's own kernel."""
+    from csetrain.modeling import onednn
+
+    onednn.ENABLED = False
+    try:
+        return encode(texts, batch_size)
+    finally:
+        onednn.ENABLED = True
+
+
+def precision(dtype: str):
+    """The context every variant runs in: float32 as is, or bf16 autocast (both sides alike)."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cpu", torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
 
 
 def main(argv=None) -> None:
@@ -76,15 +103,17 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     sets = text_sets(Path(args.data_dir), args.per_set)
     runs = variants(args)
-    rates = {
-        name: {s: best_rate(partial(run, t), len(t), args.repeats) for s, t in sets.items()}
-        for name, run in runs.items()
-    }
+    with precision(args.dtype):
+        rates = {
+            name: {s: best_rate(partial(run, t), len(t), args.repeats) for s, t in sets.items()}
+            for name, run in runs.items()
+        }
     if args.json:
         print(json.dumps({"settings": vars(args), "texts_per_s": rates}))
         return
     print(
-        f"all-MiniLM-L6-v2, 256-token cut, batch size {args.batch_size}, {args.threads} threads, "
+        f"all-MiniLM-L6-v2 ({args.dtype}), 256-token cut, batch size {args.batch_size}, "
+        f"{args.threads} threads, "
         f"{args.per_set} distinct texts per set, best of {args.repeats}; texts/s (x: vs ST)"
     )
     peer = rates["sentence-transformers"]
