@@ -16,6 +16,7 @@ show what they add; `--dtype bf16` runs every variant, the peer included, under 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -87,8 +88,6 @@ def plain_linears(encode, batch_size: int, texts: list[str]):
 
 def precision(dtype: str):
     """The context every variant runs in: float32 as is, or bf16 autocast (both sides alike)."""
-    import contextlib
-
     import torch
 
     return torch.autocast("cpu", torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
@@ -113,8 +112,8 @@ def main(argv=None) -> None:
         return
     print(
         f"all-MiniLM-L6-v2 ({args.dtype}), 256-token cut, batch size {args.batch_size}, "
-        f"{args.threads} threads, "
-        f"{args.per_set} distinct texts per set, best of {args.repeats}; texts/s (x: vs ST)"
+        f"{args.threads} threads, {args.per_set} distinct texts per set, best of "
+        f"{args.repeats}; texts/s (x: vs ST)"
     )
     peer = rates["sentence-transformers"]
     rows = {

@@ -231,7 +231,8 @@ def report_roofline(ours: dict, theirs: dict) -> None:
     floor = flop / (peak * 1e9) + rest
     print(
         f"\nfp32 roofline (csetrain side): encode {ours['encode_s']:.1f} s + the rest (mteb's "
-        f"scoring, task setup) {rest:.1f} s; {ours['encode_tflop']:.1f} TFLOP of transformer arithmetic at "
+        f"scoring, task setup) {rest:.1f} s; {ours['encode_tflop']:.1f} TFLOP of transformer "
+        f"arithmetic at "
         f"{flop / ours['encode_s'] / 1e9:.0f} GFLOP/s vs this machine's best fp32 GEMM rate "
         f"{peak:.0f} GFLOP/s. At that rate throughout: {floor:.1f} s, so mteb / csetrain could "
         f"reach at most {theirs['eval_s'] / floor:.2f} here (no padding, no overhead)"

@@ -77,18 +77,22 @@ def transformer_flops(lengths: list[int], config) -> float:
 
 def gemm_peak_gflops(hidden: int, intermediate: int, rows: int = 1024, calls: int = 30) -> float:
     """This machine's best float32 rate for one FFN-shaped product (rows x hidden) . (hidden x
-    intermediate), best of PyTorch's F.linear and oneDNN's prepacked linear (the kernels an
-    encoder can use here): the ceiling the transformer's arithmetic could run at."""
+    intermediate): the better of PyTorch's nn.Linear and csetrain's oneDNN prepacked one
+    (modeling/onednn.py), the kernels an encoder can use here; the ceiling its arithmetic could
+    run at."""
     import torch
 
-    x, w = torch.randn(rows, hidden), torch.randn(intermediate, hidden)
-    kernels = [lambda: torch.nn.functional.linear(x, w)]
-    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
-        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
-        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
-    flops = 2 * rows * hidden * intermediate
-    return max(best_rate(k, flops * calls, 3) for k in (_repeat(k, calls) for k in kernels)) / 1e9
+    from csetrain.modeling.onednn import prepacked_linears
 
+    layer, x = torch.nn.Linear(hidden, intermediate, bias=False), torch.randn(rows, hidden)
+    flops = 2 * rows * hidden * intermediate * calls
 
-def _repeat(call, times: int):
-    return lambda: [call() for _ in range(times)]
+    def products():
+        for _ in range(calls):
+            layer(x)
+
+    with torch.no_grad():
+        plain = best_rate(products, flops, 3)
+        with prepacked_linears(layer):
+            packed = best_rate(products, flops, 3)
+    return max(plain, packed) / 1e9

@@ -2,6 +2,8 @@
 the exact product, exact where float32 arithmetic is exact, used by encode() and undone after
 it (also after an error), skipped wherever it would change what runs."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -67,9 +69,23 @@ def test_skipped_where_it_would_change_what_runs():
             assert _patched(double) == [False]
 
 
-def test_encode_runs_every_plain_linear_through_onednn(tiny_backbone):
-    import copy
+def test_sharded_fsdp_weights_are_skipped():
+    """An FSDP2 parameter is a DTensor shard: its reordered copy would be the shard's alone."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
 
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        layer = nn.Linear(8, 4)
+        shard = distribute_tensor(layer.weight.detach(), DeviceMesh("cpu", [0]), [Shard(0)])
+        layer.weight = nn.Parameter(shard)
+        with torch.no_grad(), onednn.prepacked_linears(layer):
+            assert _patched(layer) == [False]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_encode_runs_every_plain_linear_through_onednn(tiny_backbone):
     encoder = SentenceEncoder(copy.deepcopy(tiny_backbone), pooler="mean").eval()
     torch.manual_seed(0)
     with torch.no_grad():  # a fresh BERT's biases are zero: make every term count

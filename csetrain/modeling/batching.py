@@ -5,9 +5,9 @@ Why a token cap: on a CPU the transformer is bound by how much of a batch's acti
 cache, not by the number of GEMM calls. Measured with all-MiniLM-L6-v2 on 2 cores at batch size
 128 (`scripts/bench_batching.py`, texts/s, before the oneDNN linears of onednn.py): 256-token
 SciFact abstracts 17.4 uncapped vs 26.7 with 1,024 tokens (batches of 4), 75-token SummEval
-summaries 59.2 vs 87.8, 15-token Banking77 queries 197 vs 382 (batches of ~64); budgets of 512 to 2,048 tokens are within noise of each
-other. One budget serves every length: short texts still fill large batches, long ones get
-small ones. On a GPU larger batches keep the device busy, so there the cap is off. The
+summaries 59.2 vs 87.8, 15-token Banking77 queries 197 vs 382 (batches of ~64); budgets of
+512 to 2,048 tokens are within noise of each other. One budget serves every length: short texts
+still fill large batches, long ones get small ones. On a GPU larger batches keep the device busy, so there the cap is off. The
 embeddings do not depend on the batching beyond float summation order (padding is masked out).
 """
 
