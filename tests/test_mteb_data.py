@@ -167,3 +167,21 @@ def test_a_task_without_its_split_is_one_clear_line(tmp_path):
         MTEBEvaluator(
             ["Banking77Classification"], local_tasks={"Banking77Classification": str(tmp_path)}
         )(_HashedWords())
+
+
+def test_array_columns_give_mtebs_own_classification_scores(data_dir):
+    """csetrain's evaluator formats classification data for whole-array column reads; every score
+    mteb reports (10 undersampled experiments, each metric) equals mteb on the data as loaded."""
+    import mteb
+
+    from csetrain.eval.mteb import leaderboard_filters, mteb_task
+    from csetrain.eval.mteb_encoder import MTEBEncoder
+
+    names = ["Banking77Classification", "AmazonCounterfactualClassification"]
+    evaluator = MTEBEvaluator(names, str(data_dir), max_rows=400)
+    ours = evaluator(_HashedWords()).details["tasks"]
+    plain = [mteb_task(t, evaluator.data[t], leaderboard_filters()) for t in names]
+    theirs = mteb.evaluate(MTEBEncoder(_HashedWords()), plain, cache=None, co2_tracker=False)
+    for result in theirs.task_results:
+        assert ours[result.task_name]["scores"] == result.scores
+        assert 0 < result.get_score() < 1  # a real score, not an empty or saturated one

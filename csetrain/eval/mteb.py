@@ -115,6 +115,28 @@ def mteb_task(name: str, data: TaskData, leaderboard: dict[str, dict] | None = N
     return task
 
 
+def with_array_columns(task):
+    """`task` with its classification datasets formatted as pandas, so that column reads return
+    whole arrays (same values, same scores; tests/test_mteb_data.py).
+
+    Why: with `datasets` >= 4, `ds["label"]` is a lazy `Column` that converts row by row through
+    the Python formatter. mteb's classification evaluator reads its label columns per row while
+    undersampling and whole in every sklearn metric, 10 experiments over: on the pack's three
+    classification tasks that took ~35 s, more than encoding their texts (a profile with instant
+    embeddings). A pandas-formatted `ds["label"]` is a Series, read at numpy speed. Other task
+    types do arithmetic on their rows, so they keep the default format.
+    """
+    from datasets import DatasetDict
+
+    if task.metadata.type != "Classification":
+        return task
+    if isinstance(task.dataset, DatasetDict):  # a save_to_disk folder without subsets
+        task.dataset = task.dataset.with_format("pandas")
+    else:
+        task.dataset = {s: d.with_format("pandas") for s, d in task.dataset.items()}
+    return task
+
+
 # ---------------------------------------------------------------------------------------------
 # The evaluator.
 
@@ -188,7 +210,7 @@ class MTEBEvaluator:
 
         model = MTEBEncoder(encoder, self.batch_size, self.progress)
         board = leaderboard_filters()
-        tasks = [mteb_task(t, self.data[t], board) for t in self.tasks]
+        tasks = [with_array_columns(mteb_task(t, self.data[t], board)) for t in self.tasks]
         cache = ResultCache(self.cache_dir) if self.cache_dir else None
         with warnings.catch_warnings():
             # v1 tasks are "superseded" by corrected v2s; v1 is what MTEB(eng, v1) reports.
