@@ -35,11 +35,48 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# glibc malloc's tunables (malloc.h): requests of at least M_MMAP_THRESHOLD bytes are mmap'ed and
+# unmapped when freed; free space above M_TRIM_THRESHOLD at the top of a heap goes back to the OS.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its adaptive threshold (64-bit)
+KEEP_TRIM_THRESHOLD = 256 << 20
+_kept = False
+
+
+def keep_freed_host_memory(device: torch.device) -> bool:
+    """On a CPU, let glibc's malloc keep freed tensor buffers for reuse (at most 256 MiB of free
+    space held); True if the setting is in effect. Process-wide; no-op off glibc or on a GPU.
+
+    Why: each CPU forward allocates and frees activations of megabytes (MiniLM, 1,024 tokens:
+    6 MiB per FFN output). glibc hands such buffers back to the OS (munmap, heap trim), so the
+    next batch page-faults the same memory in again, zero-filled by the kernel: ~3,300 minor
+    faults per SciFact abstract, ~8% of an encode's CPU time (2.6 of 28 s system time for 240
+    abstracts; ~0.2 s with this setting). PyTorch's CPU tuning guide swaps in jemalloc/tcmalloc
+    for the same reason; these two mallopt calls get the effect without an LD_PRELOAD. Setting
+    them also stops glibc's adaptive thresholds, so both are set.
+    """
+    global _kept
+    if device.type != "cpu" or _kept:
+        return _kept
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    _kept = bool(
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD)
+        and libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
+    )
+    return _kept
+
+
 class Runtime:
     """Autocast, loss scaling and the optimizer step for one device/precision choice."""
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.device = pick_device(cfg.device)
+        keep_freed_host_memory(self.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.dtype = DTYPES[cfg.precision]

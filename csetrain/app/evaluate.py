@@ -12,7 +12,7 @@ from csetrain.app.store.tracker import end_run
 from csetrain.checkpoint import write_text_atomic
 from csetrain.eval.pair_scores import FILE_NAME as PAIR_SCORES
 from csetrain.eval.pair_scores import save_pair_scores
-from csetrain.runtime import pick_device
+from csetrain.runtime import keep_freed_host_memory, pick_device
 
 
 def build_evaluator(cfg: DictConfig, ctx: RunContext):
@@ -43,7 +43,9 @@ def run_evaluation(cfg: DictConfig) -> RunSummary:
     status = "FAILED"
     try:
         evaluator = build_evaluator(cfg, ctx)  # data errors surface before the model loads
-        encoder = instantiate(cfg.model).to(pick_device(cfg.device))
+        device = pick_device(cfg.device)
+        keep_freed_host_memory(device)  # CPU: no page faults on every batch's activations
+        encoder = instantiate(cfg.model).to(device)
         tracker.set_tags({"model.source": encoder.source})
         result = evaluator(encoder)
         metrics = result.prefixed(cfg.stage)
