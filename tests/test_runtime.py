@@ -20,7 +20,8 @@ texts = ["word " * 300 + str(i) for i in range(8)]  # 8 x 256 tokens: MiB-sized 
 def faults():
     encoder.encode(texts)  # warm-up: the first batches may fault legitimately
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    encoder.encode(texts)
+    for _ in range(3):
+        encoder.encode(texts)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 not_cpu = keep_freed_host_memory(torch.device("meta"))  # any other device: nothing changes
@@ -36,8 +37,7 @@ print(not_cpu, released, kept, faults())
 def test_kept_memory_stops_page_faults_on_every_batch():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
     not_cpu, released, kept, with_kept = out.stdout.split()
-    assert (not_cpu, kept) == ("False", "True")
+    assert (not_cpu, kept) == ("False", "True"), out.stdout
     # glibc's defaults re-fault the freed activations (thousands of 4 KiB pages per encode)
-    assert int(released) > 1000
-    assert int(with_kept) < int(released) / 20
-
+    assert int(released) > 3000, out.stdout
+    assert int(with_kept) < int(released) / 10, out.stdout
