@@ -132,3 +132,21 @@ def negative_rows(tokenizer, texts, fields, tails) -> dict:
             for field, tail in zip(fields, tails)
         },
     }
+
+
+@contextlib.contextmanager
+def sharded_linear():
+    """An nn.Linear whose weight is an FSDP2-style DTensor shard (a world-size-1 gloo group, in
+    process), for code that must leave sharded weights alone."""
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        layer = nn.Linear(8, 4)
+        shard = distribute_tensor(layer.weight.detach(), DeviceMesh("cpu", [0]), [Shard(0)])
+        layer.weight = nn.Parameter(shard)
+        yield layer
+    finally:
+        dist.destroy_process_group()

@@ -1,17 +1,23 @@
-"""Inference batching: length-sorted batches capped in sentences and padded tokens, by hand, and
-encode() under the cap equal to each sentence encoded alone (float64, no padding at all)."""
+"""Inference batching: length-sorted batches capped in sentences and padded tokens, by hand;
+encode() under the cap equal to each sentence encoded alone (float64, no padding at all); on a
+CPU, batches run one per worker thread, in order, without gradients, threads restored."""
 
 import copy
+import threading
 
+import pytest
 import torch
 
 from csetrain.modeling.batching import (
     CPU_BATCH_TOKENS,
+    batch_runner,
     batch_token_budget,
+    cpu_workers,
     length_sorted_batches,
 )
 from csetrain.modeling.encoder import SentenceEncoder
 
+from .helpers import sharded_linear
 from .tolerances import assert_float32_of_float64_close
 
 SENTENCES = [
@@ -62,3 +68,53 @@ def test_capped_encode_equals_each_sentence_alone(tiny_backbone):
 def _ids(encoder, sentence):
     batch = encoder.tokenize([sentence])
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cpu_batches_run_one_per_worker_thread_in_order(tiny_backbone, two_threads):
+    encoder = copy.deepcopy(SentenceEncoder(tiny_backbone, pooler="mean")).double().eval()
+    seen = []  # (thread, threads inside it, grad on) per batch
+
+    def recording_inference(input_ids, attention_mask, prompt_length=None):
+        seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
+        return encoder.inference(input_ids, attention_mask, prompt_length=prompt_length)
+
+    many = [f"{s} {i}" for i in range(8) for s in SENTENCES]
+    vectors = encoder.encode(many, batch_size=2, embed=recording_inference, batch_tokens=16)
+    alone = torch.cat([encoder.inference(**_ids(encoder, s)) for s in many])
+    assert_float32_of_float64_close(vectors, alone)  # each vector in its sentence's row
+    assert threading.get_ident() not in {t for t, _, _ in seen}
+    assert len({t for t, _, _ in seen}) == 2  # two workers, each one thread inside
+    assert {(n, grad) for _, n, grad in seen} == {(1, False)}
+    assert torch.get_num_threads() == 2  # restored
+
+
+def test_one_batch_at_a_time_where_workers_would_change_what_runs(two_threads):
+    layer = torch.nn.Linear(3, 3)
+    assert cpu_workers(layer, torch.device("cpu")) == 2
+    assert cpu_workers(layer, torch.device("cuda")) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # thread-local: a worker would lose it
+        assert cpu_workers(layer, torch.device("cpu")) == 1
+    with sharded_linear() as sharded:  # FSDP's forward runs collectives: never interleaved
+        assert cpu_workers(sharded, torch.device("cpu")) == 1
+    torch.set_num_threads(1)
+    assert cpu_workers(layer, torch.device("cpu")) == 1
+
+
+def test_an_error_in_a_batch_surfaces_and_restores_the_threads(two_threads):
+    def fail_on_three(x):
+        if x == 3:
+            raise ValueError("batch 3")
+        return x
+
+    runner = batch_runner(torch.nn.Linear(1, 1), torch.device("cpu"))
+    with pytest.raises(ValueError, match="batch 3"), runner as run:
+        list(run(fail_on_three, range(6)))
+    assert torch.get_num_threads() == 2

@@ -11,6 +11,7 @@ from torch import nn
 from csetrain.modeling import onednn
 from csetrain.modeling.encoder import SentenceEncoder
 
+from .helpers import sharded_linear
 from .tolerances import EPS32
 
 pytestmark = pytest.mark.skipif(
@@ -71,18 +72,8 @@ def test_skipped_where_it_would_change_what_runs():
 
 def test_sharded_fsdp_weights_are_skipped():
     """An FSDP2 parameter is a DTensor shard: its reordered copy would be the shard's alone."""
-    import torch.distributed as dist
-    from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
-
-    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
-    try:
-        layer = nn.Linear(8, 4)
-        shard = distribute_tensor(layer.weight.detach(), DeviceMesh("cpu", [0]), [Shard(0)])
-        layer.weight = nn.Parameter(shard)
-        with torch.no_grad(), onednn.prepacked_linears(layer):
-            assert _patched(layer) == [False]
-    finally:
-        dist.destroy_process_group()
+    with sharded_linear() as layer, torch.no_grad(), onednn.prepacked_linears(layer):
+        assert _patched(layer) == [False]
 
 
 def test_encode_runs_every_plain_linear_through_onednn(tiny_backbone):

@@ -13,10 +13,17 @@ embeddings do not depend on the batching beyond float summation order (padding i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
 
+from csetrain.modeling.onednn import is_plain
+
 CPU_BATCH_TOKENS = 1024  # padded tokens per batch on a CPU; measured, see the module docstring
+MAX_CPU_WORKERS = 4  # batches in flight at once on a CPU; the rest of the threads go inside each
 
 
 def batch_token_budget(device: torch.device, batch_tokens: int | None = None) -> int | None:
@@ -45,7 +52,61 @@ def length_sorted_batches(
     return batches
 
 
-def padded_batches(tokenizer, ids: list[list[int]], batches: list[list[int]], progress=False):
-    """(indices, tokenizer.pad's tensors) for each batch of `ids`, with a progress bar if asked."""
-    for idx in tqdm(batches, desc="encode", disable=not progress, leave=False):
+def padded_batches(tokenizer, ids: list[list[int]], batches: list[list[int]]):
+    """(indices, tokenizer.pad's tensors) for each batch of `ids`."""
+    for idx in batches:
         yield idx, tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+
+
+def cpu_workers(module: torch.nn.Module, device: torch.device) -> int:
+    """How many inference batches to run at once: on a CPU, one per intra-op thread (at most
+    MAX_CPU_WORKERS); 1 (in the caller's thread) on a GPU, under autocast (thread-local, so
+    workers would not inherit it), or for sharded (FSDP DTensor) weights, whose forward runs
+    collectives that must not interleave."""
+    threads = torch.get_num_threads()
+    plain = all(map(is_plain, module.parameters()))
+    if device.type != "cpu" or torch.is_autocast_enabled("cpu") or not plain:
+        return 1
+    return max(1, min(threads, MAX_CPU_WORKERS))
+
+
+@contextmanager
+def batch_runner(module: torch.nn.Module, device: torch.device, progress: bool = False):
+    """A `run(fn, items) -> iterator of fn(item), in order` for inference batches.
+
+    Why workers: on a CPU, one batch per thread, each computed by a single-threaded forward,
+    beats every forward split across all threads: every op of a 1,024-token batch is too small
+    for two cores to share without waiting on each other. With all-MiniLM-L6-v2 on 2 cores,
+    interleaved A/B over 320 SciFact abstracts (ad hoc, /tmp): 22.9 -> 24.5 texts/s, the same as
+    two separate single-threaded processes (24.4-24.8), and ~7% less CPU time. Each batch still
+    runs whole in one thread with deterministic kernels, so an embedding does not depend on
+    which worker computed it. Workers run without gradients (grad mode is thread-local too).
+    """
+    workers = cpu_workers(module, device)
+    if workers == 1:
+        yield lambda fn, items: _progress(map(fn, items), None, progress)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))  # fresh worker threads start with this
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="csetrain-encode")
+
+    def without_grad(fn: Callable):
+        def call(item):
+            with torch.no_grad():
+                return fn(item)
+
+        return call
+
+    def run(fn: Callable, items: Iterable) -> Iterator:
+        items = list(items)
+        return _progress(pool.map(without_grad(fn), items), len(items), progress)
+
+    try:
+        yield run
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an error stops the batches not started
+        torch.set_num_threads(threads)
+
+
+def _progress(results: Iterator, total: int | None, shown: bool) -> Iterator:
+    return tqdm(results, desc="encode", total=total, disable=not shown, leave=False)

@@ -12,7 +12,12 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
-from csetrain.modeling.batching import batch_token_budget, length_sorted_batches, padded_batches
+from csetrain.modeling.batching import (
+    batch_runner,
+    batch_token_budget,
+    length_sorted_batches,
+    padded_batches,
+)
 from csetrain.modeling.decoders import adapted, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
 from csetrain.modeling.momentum import MomentumEncoder
@@ -287,11 +292,16 @@ class SentenceEncoder(nn.Module):
         budget = batch_token_budget(self.device, batch_tokens)  # None: this device's default
         batches = length_sorted_batches(list(map(len, ids)), batch_size, budget)
         was_training, vectors = self.training, torch.empty(len(unique), self.output_dim)
-        with prepacked_linears(self.eval()):  # on a CPU, oneDNN's linears (modeling/onednn.py)
-            padded = padded_batches(self.tokenizer, ids, batches, progress)
-            for k, (idx, batch) in enumerate(padded):
-                mask = batch["attention_mask"].to(self.device)
-                z = embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
+
+        def embedded(padded):
+            idx, batch = padded
+            mask = batch["attention_mask"].to(self.device)
+            return idx, embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
+
+        # On a CPU: oneDNN's linears (modeling/onednn.py), one batch per thread (batching.py).
+        with prepacked_linears(self.eval()), batch_runner(self, self.device, progress) as run:
+            padded = padded_batches(self.tokenizer, ids, batches)
+            for k, (idx, z) in enumerate(run(embedded, padded)):
                 if k == 0 and z.shape[1:] != vectors.shape[1:]:
                     vectors = torch.empty(len(unique), *z.shape[1:])
                 vectors[idx] = z.float().cpu()

@@ -46,10 +46,14 @@ def applies(module: nn.Module) -> bool:
     )
 
 
+def is_plain(tensor) -> bool:
+    """A whole local tensor or parameter, not an FSDP shard (DTensor) or another subclass."""
+    return type(tensor) in (nn.Parameter, torch.Tensor)
+
+
 def _packable(layer: nn.Module) -> bool:
     weight = layer.weight if type(layer) is nn.Linear else None
-    plain = type(weight) in (nn.Parameter, torch.Tensor)  # not an FSDP shard (DTensor)
-    return plain and weight.dtype == torch.float32 and weight.device.type == "cpu"
+    return is_plain(weight) and weight.dtype == torch.float32 and weight.device.type == "cpu"
 
 
 def _prepacked_forward(layer: nn.Linear):
