@@ -11,10 +11,15 @@ MTEB(eng, v1)'s task definitions, through mteb's own evaluators:
 - mteb: `mteb.evaluate(SentenceTransformer(minilm_dir()), tasks, cache=None, co2_tracker=False)`,
   mteb's own wrapper around sentence-transformers (each encode call sorted by characters).
 
-Both sides get the same injected task objects (`csetrain.eval.mteb.mteb_task`, data from the
-pack; the data itself is checked against MTEB's published numbers, printed beside both sides).
+Both sides get the same data injected into mteb's task objects (`csetrain.eval.mteb.mteb_task`:
+what mteb's own `load_data` would hold; the data itself is checked against MTEB's published
+numbers, printed beside both sides); csetrain's evaluator then formats its classification
+datasets for whole-array column reads (`with_array_columns`), and the csetrain process keeps
+freed host memory for reuse (`runtime.keep_freed_host_memory`), both as `csetrain eval` does.
 Each side runs in a fresh subprocess with `--threads` torch threads and the same encode batch
-size. "eval s" is the evaluate call alone (encode + score); model and data loading are reported
+size. "eval s" is the evaluate call alone (encode + score), with mteb and sentence-transformers
+imported before the clock starts on both sides (mteb.evaluate imports sentence-transformers on
+its first call; the mteb side needs it to load its model); model and data loading are reported
 apart; per-task seconds are mteb's own `evaluation_time`. Scores must agree within 0.05 (×100);
 the script exits 1 if they do not.
 
@@ -73,10 +78,16 @@ def peak_rss_mib() -> float:
 
 
 def run_csetrain(args: argparse.Namespace) -> dict:
+    import mteb  # noqa: F401  (imported before the clock, as on the mteb side)
+    import sentence_transformers  # noqa: F401  (mteb.evaluate's first call imports it)
+    import torch
+
     from csetrain.eval.mteb import MTEBEvaluator
     from csetrain.modeling.backbones import minilm_l6
     from csetrain.modeling.encoder import SentenceEncoder
+    from csetrain.runtime import keep_freed_host_memory
 
+    keep_freed_host_memory(torch.device("cpu"))  # as `csetrain eval` does on a CPU
     start = time.perf_counter()
     encoder = SentenceEncoder(minilm_l6(), pooler="mean", max_seq_length=256, normalize=True)
     evaluator = MTEBEvaluator(
