@@ -6,8 +6,11 @@ SummEval machine summaries (~75), SciFact abstracts (title + text, cut at 256). 
 encodes a set once to warm up, then `--repeats` times; the best time counts. The budget sweep
 (`--budgets`) is what chose csetrain.modeling.batching.CPU_BATCH_TOKENS.
 
-The "plain nn.Linear" variant turns off the oneDNN prepacked linears (modeling/onednn.py) to
-show what they add; `--dtype bf16` runs every variant, the peer included, under bf16 autocast.
+The "plain nn.Linear" / "oneDNN linears" variant switches the oneDNN prepacked linears
+(modeling/onednn.py: on by default on AVX-512 CPUs only) and "one batch at a time" turns off the
+CPU worker threads (modeling/batching.py: every forward split across
+all threads instead), to show what each adds; `--dtype bf16` runs every variant, the peer
+included, under bf16 autocast (where csetrain runs one batch at a time anyway).
 
     python scripts/bench_batching.py [--batch-size 128] [--threads 2] [--repeats 2]
         [--budgets 512 1024 2048 4096] [--dtype fp32|bf16] [--data-dir DIR] [--json]
@@ -61,6 +64,7 @@ def text_sets(data_dir: Path, n: int) -> dict[str, list[str]]:
 def variants(args) -> dict:
     from sentence_transformers import SentenceTransformer
 
+    from csetrain.modeling import batching, onednn
     from csetrain.modeling.backbones import minilm_dir, minilm_l6
     from csetrain.modeling.encoder import SentenceEncoder
 
@@ -69,21 +73,26 @@ def variants(args) -> dict:
     bs = args.batch_size
     runs = {"sentence-transformers": lambda t: peer.encode(t, batch_size=bs)}
     runs["csetrain, no cap"] = lambda t: ours.encode(t, bs, batch_tokens=0)
-    runs["csetrain, 1024 tokens, plain nn.Linear"] = partial(plain_linears, ours.encode, bs)
+    kernel = "plain nn.Linear" if onednn.ENABLED else "oneDNN linears"  # the non-default one
+    runs[f"csetrain, 1024 tokens, {kernel}"] = partial(
+        switched, onednn, "ENABLED", not onednn.ENABLED, ours.encode, bs
+    )
+    runs["csetrain, 1024 tokens, one batch at a time"] = partial(
+        switched, batching, "MAX_CPU_WORKERS", 1, ours.encode, bs
+    )
     for budget in args.budgets:
         runs[f"csetrain, {budget} tokens"] = lambda t, b=budget: ours.encode(t, bs, batch_tokens=b)
     return runs
 
 
-def plain_linears(encode, batch_size: int, texts: list[str]):
-    """encode with oneDNN's prepacked linears off (modeling/onednn.py): PyTorch's own kernel."""
-    from csetrain.modeling import onednn
-
-    onednn.ENABLED = False
+def switched(module, name: str, value, encode, batch_size: int, texts: list[str]):
+    """encode with `module.name = value` for the call: one of csetrain's choices switched."""
+    default = getattr(module, name)
+    setattr(module, name, value)
     try:
         return encode(texts, batch_size)
     finally:
-        onednn.ENABLED = True
+        setattr(module, name, default)
 
 
 def precision(dtype: str):

@@ -82,7 +82,7 @@ def gemm_peak_gflops(hidden: int, intermediate: int, rows: int = 1024, calls: in
     run at."""
     import torch
 
-    from csetrain.modeling.onednn import prepacked_linears
+    from csetrain.modeling import onednn
 
     layer, x = torch.nn.Linear(hidden, intermediate, bias=False), torch.randn(rows, hidden)
     flops = 2 * rows * hidden * intermediate * calls
@@ -91,8 +91,12 @@ def gemm_peak_gflops(hidden: int, intermediate: int, rows: int = 1024, calls: in
         for _ in range(calls):
             layer(x)
 
-    with torch.no_grad():
-        plain = best_rate(products, flops, 3)
-        with prepacked_linears(layer):
-            packed = best_rate(products, flops, 3)
+    default, onednn.ENABLED = onednn.ENABLED, True  # measured even where it is off by default
+    try:
+        with torch.no_grad():
+            plain = best_rate(products, flops, 3)
+            with onednn.prepacked_linears(layer):
+                packed = best_rate(products, flops, 3)
+    finally:
+        onednn.ENABLED = default
     return max(plain, packed) / 1e9

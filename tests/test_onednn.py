@@ -19,6 +19,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def enabled(monkeypatch):
+    """On by default only on AVX-512 CPUs; the mechanism is tested on any."""
+    monkeypatch.setattr(onednn, "ENABLED", True)
+
+
 def _patched(module: nn.Module) -> list[bool]:
     return ["forward" in m.__dict__ for m in module.modules() if type(m) is nn.Linear]
 

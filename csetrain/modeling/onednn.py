@@ -9,6 +9,11 @@ of Banking77 queries / SummEval summaries / SciFact abstracts is 1.29 / 1.16 / 1
 is float32 throughout (IEEE, no reduced-precision math mode); only the summation order differs,
 so embeddings move by ~1e-7.
 
+Only on CPUs with AVX-512, where that was measured. On an AVX2-only CPU (AMD EPYC, 2 cores, with
+the batch workers of batching.py) MKL's own kernel was the faster one: interleaved A/B over the
+same three sets, 1.0-1.15x for plain nn.Linear (ad hoc, /tmp; `scripts/bench_batching.py`
+shows the switched variant on any machine).
+
 Only for inference: the reordered copy is a snapshot of the weight (taken when the block starts,
 so a trained weight is always re-read) and has no gradient. It is skipped where it would change
 what runs: gradients on, autocast on (it would bypass the cast), non-float32, non-CPU or
@@ -24,7 +29,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-ENABLED = True  # False: plain nn.Linear (for side-by-side benchmarks)
+# Where this wins (module docstring); benchmarks switch it to compare both kernels side by side.
+ENABLED = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 BATCH_ROWS_HINT = 1024  # rows per GEMM the reorder is tuned for: the CPU token cap (batching.py)
 
 
