@@ -16,11 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
 
-from csetrain.modeling.onednn import is_plain
+from csetrain.modeling.onednn import is_plain, prepacked_linears
 
 CPU_BATCH_TOKENS = 1024  # padded tokens per batch on a CPU; measured, see the module docstring
 MAX_CPU_WORKERS = 4  # batches in flight at once on a CPU; the rest of the threads go inside each
@@ -52,10 +53,39 @@ def length_sorted_batches(
     return batches
 
 
-def padded_batches(tokenizer, ids: list[list[int]], batches: list[list[int]]):
-    """(indices, tokenizer.pad's tensors) for each batch of `ids`."""
-    for idx in batches:
-        yield idx, tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+def embed_in_batches(
+    module: torch.nn.Module,
+    tokenizer,
+    ids: list[list[int]],
+    embed: Callable,
+    batch_size: int,
+    width: int,
+    batch_tokens: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """`embed(input_ids, attention_mask)` of every row of `ids`, float32 on the CPU, in order:
+    (len(ids), width), or (len(ids), ...) as the first batch's rows are shaped.
+
+    Batches are length-sorted and capped (`batch_token_budget`); on a CPU they run one per
+    worker thread (`batch_runner`) on oneDNN's prepacked linears where those win (onednn.py).
+    `module` is the model `embed` runs, already in eval mode."""
+    device = next(module.parameters()).device
+    budget = batch_token_budget(device, batch_tokens)
+    batches = length_sorted_batches(list(map(len, ids)), batch_size, budget)
+    padded = (
+        tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt") for idx in batches
+    )
+
+    def embedded(batch):
+        return embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+    vectors = torch.empty(len(ids), width)
+    with prepacked_linears(module), batch_runner(module, device, progress) as run:
+        for k, (idx, z) in enumerate(zip(batches, run(embedded, padded))):
+            if k == 0 and z.shape[1:] != vectors.shape[1:]:
+                vectors = torch.empty(len(ids), *z.shape[1:])
+            vectors[idx] = z.float().cpu()
+    return vectors
 
 
 def cpu_workers(module: torch.nn.Module, device: torch.device) -> int:
@@ -83,30 +113,25 @@ def batch_runner(module: torch.nn.Module, device: torch.device, progress: bool =
     which worker computed it. Workers run without gradients (grad mode is thread-local too).
     """
     workers = cpu_workers(module, device)
-    if workers == 1:
-        yield lambda fn, items: _progress(map(fn, items), None, progress)
-        return
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))  # fresh worker threads start with this
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="csetrain-encode")
-
-    def without_grad(fn: Callable):
-        def call(item):
-            with torch.no_grad():
-                return fn(item)
-
-        return call
+    pool = None
+    if workers > 1:
+        torch.set_num_threads(max(1, threads // workers))  # fresh worker threads start with this
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="csetrain-encode")
 
     def run(fn: Callable, items: Iterable) -> Iterator:
-        items = list(items)
-        return _progress(pool.map(without_grad(fn), items), len(items), progress)
+        items = list(items)  # padded in this thread; the pool would take them all at once anyway
+        results = pool.map(partial(_without_grad, fn), items) if pool else map(fn, items)
+        return tqdm(results, desc="encode", total=len(items), disable=not progress, leave=False)
 
     try:
         yield run
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # an error stops the batches not started
-        torch.set_num_threads(threads)
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)  # an error stops the batches not started
+            torch.set_num_threads(threads)
 
 
-def _progress(results: Iterator, total: int | None, shown: bool) -> Iterator:
-    return tqdm(results, desc="encode", total=total, disable=not shown, leave=False)
+def _without_grad(fn: Callable, item):
+    with torch.no_grad():  # grad mode is thread-local: a worker does not inherit the caller's
+        return fn(item)

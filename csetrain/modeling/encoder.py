@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from functools import partial
 from typing import Literal
 
 import torch
@@ -12,16 +13,10 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.modeling.backbones import Backbone
-from csetrain.modeling.batching import (
-    batch_runner,
-    batch_token_budget,
-    length_sorted_batches,
-    padded_batches,
-)
+from csetrain.modeling.batching import embed_in_batches
 from csetrain.modeling.decoders import adapted, forward_kwargs
 from csetrain.modeling.drophead import drop_heads
 from csetrain.modeling.momentum import MomentumEncoder
-from csetrain.modeling.onednn import prepacked_linears
 from csetrain.modeling.packing import packed_last_hidden_state, position_offset, supports_packing
 from csetrain.modeling.pooling import NEEDS_ALL_LAYERS, check_pooler, pool, pooling_layer
 from csetrain.modeling.prompts import default_text, pooling_mask, prompt_length
@@ -289,22 +284,17 @@ class SentenceEncoder(nn.Module):
         texts = [prompt + s for s in unique]
         ids = self.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
         length = prompt_length(self.tokenizer, prompt, limit)
-        budget = batch_token_budget(self.device, batch_tokens)  # None: this device's default
-        batches = length_sorted_batches(list(map(len, ids)), batch_size, budget)
-        was_training, vectors = self.training, torch.empty(len(unique), self.output_dim)
-
-        def embedded(padded):
-            idx, batch = padded
-            mask = batch["attention_mask"].to(self.device)
-            return idx, embed(batch["input_ids"].to(self.device), mask, prompt_length=length)
-
-        # On a CPU: oneDNN's linears (modeling/onednn.py), one batch per thread (batching.py).
-        with prepacked_linears(self.eval()), batch_runner(self, self.device, progress) as run:
-            padded = padded_batches(self.tokenizer, ids, batches)
-            for k, (idx, z) in enumerate(run(embedded, padded)):
-                if k == 0 and z.shape[1:] != vectors.shape[1:]:
-                    vectors = torch.empty(len(unique), *z.shape[1:])
-                vectors[idx] = z.float().cpu()
+        was_training, embed = self.training, partial(embed, prompt_length=length)
+        vectors = embed_in_batches(
+            self.eval(),
+            self.tokenizer,
+            ids,
+            embed,
+            batch_size,
+            self.output_dim,
+            batch_tokens,
+            progress,
+        )
         self.train(was_training)
         position = {s: i for i, s in enumerate(unique)}
         return vectors[[position[s] for s in sentences]]
