@@ -5,8 +5,8 @@ Each process keeps 1/world of every parameter, gradient and optimizer state (DTe
 1-D device mesh). A block's full weights exist only while its forward or backward runs: FSDP2
 all-gathers them in a pre-forward hook and reduce-scatters (averages) the gradients after
 backward. The gathered-negative loss is unchanged: embeddings are still all-gathered with
-gradient (runtime.gather_with_grad), and FSDP's averaged gradient equals the DDP mean that
-runtime.average_gradients computes for unsharded parameters (which therefore skips DTensors).
+gradient (distributed.gather_with_grad), and FSDP's averaged gradient equals the DDP mean that
+distributed.average_gradients computes for unsharded parameters (which therefore skips DTensors).
 
 Which modules are sharded: each transformer block (the classes the Hugging Face model lists in
 `_no_split_modules`: BertLayer and BertEmbeddings, Qwen2DecoderLayer, ...), then the rest of the

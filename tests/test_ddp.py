@@ -20,11 +20,11 @@ import torch.multiprocessing as mp
 from csetrain.augmentations.dropout import Dropout
 from csetrain.data.collate import Collator
 from csetrain.data.hard_negatives import negative_fields
+from csetrain.distributed import average_gradients
 from csetrain.modeling.backbones import tiny
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.negatives.hard_from_data import HardFromData
 from csetrain.objectives.simcse_sup import SimCSESup
-from csetrain.runtime import average_gradients
 
 from .helpers import negative_rows
 

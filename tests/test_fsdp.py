@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from csetrain.checkpoint import Checkpointer
 from csetrain.config import ConfigError
+from csetrain.distributed import average_gradients, gather_with_grad
 from csetrain.modeling.decoders import tiny_decoder
 from csetrain.modeling.encoder import SentenceEncoder
 from csetrain.modeling.export import load_sentence_encoder
-from csetrain.runtime import average_gradients, gather_with_grad
 from csetrain.sharding import (
     ShardedCheckpointer,
     full_state_dict,

@@ -10,11 +10,11 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError
 from csetrain.data.collate import Batch
+from csetrain.distributed import gather_with_grad, rank_and_world
 from csetrain.eval.diagnostics import effective_negatives
 from csetrain.losses import hard_negative_offset, info_nce, own_candidates_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.negatives.in_batch import InBatch
-from csetrain.runtime import gather_with_grad, rank_and_world
 
 
 @dataclass

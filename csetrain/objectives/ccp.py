@@ -15,12 +15,12 @@ from torch import Tensor, nn
 
 from csetrain.config import ConfigError, CsetrainError
 from csetrain.data.collate import Batch
+from csetrain.distributed import gather_with_grad, rank_and_world
 from csetrain.losses import info_nce, top1_accuracy
 from csetrain.negatives.base import NegativeMiner
 from csetrain.negatives.fifo import FIFO
 from csetrain.negatives.in_batch import InBatch
 from csetrain.objectives.base import Objective, ObjectiveOutput, checked_temperature
-from csetrain.runtime import gather_with_grad, rank_and_world
 
 
 class AsymmetricBatchNorm(nn.Module):
