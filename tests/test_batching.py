@@ -96,6 +96,13 @@ def test_cpu_batches_run_one_per_worker_thread_in_order(tiny_backbone, two_threa
     assert torch.get_num_threads() == 2  # restored
 
 
+def test_a_single_batch_runs_in_the_callers_thread_on_every_core(two_threads):
+    seen = []
+    with batch_runner(torch.nn.Linear(1, 1), torch.device("cpu"), jobs=1) as run:
+        list(run(lambda x: seen.append((threading.get_ident(), torch.get_num_threads())), [0]))
+    assert seen == [(threading.get_ident(), 2)]
+
+
 def test_one_batch_at_a_time_where_workers_would_change_what_runs(two_threads):
     layer = torch.nn.Linear(3, 3)
     assert cpu_workers(layer, torch.device("cpu")) == 2
@@ -114,7 +121,7 @@ def test_an_error_in_a_batch_surfaces_and_restores_the_threads(two_threads):
             raise ValueError("batch 3")
         return x
 
-    runner = batch_runner(torch.nn.Linear(1, 1), torch.device("cpu"))
+    runner = batch_runner(torch.nn.Linear(1, 1), torch.device("cpu"), jobs=6)
     with pytest.raises(ValueError, match="batch 3"), runner as run:
         list(run(fail_on_three, range(6)))
     assert torch.get_num_threads() == 2

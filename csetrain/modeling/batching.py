@@ -80,7 +80,7 @@ def embed_in_batches(
         return embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
     vectors = torch.empty(len(ids), width)
-    with prepacked_linears(module), batch_runner(module, device, progress) as run:
+    with prepacked_linears(module), batch_runner(module, device, len(batches), progress) as run:
         for k, (idx, z) in enumerate(zip(batches, run(embedded, padded))):
             if k == 0 and z.shape[1:] != vectors.shape[1:]:
                 vectors = torch.empty(len(ids), *z.shape[1:])
@@ -101,8 +101,8 @@ def cpu_workers(module: torch.nn.Module, device: torch.device) -> int:
 
 
 @contextmanager
-def batch_runner(module: torch.nn.Module, device: torch.device, progress: bool = False):
-    """A `run(fn, items) -> iterator of fn(item), in order` for inference batches.
+def batch_runner(module: torch.nn.Module, device: torch.device, jobs: int, progress=False):
+    """A `run(fn, items) -> iterator of fn(item), in order` for `jobs` inference batches.
 
     Why workers: on a CPU, one batch per thread, each computed by a single-threaded forward,
     beats every forward split across all threads: every op of a 1,024-token batch is too small
@@ -112,7 +112,7 @@ def batch_runner(module: torch.nn.Module, device: torch.device, progress: bool =
     runs whole in one thread with deterministic kernels, so an embedding does not depend on
     which worker computed it. Workers run without gradients (grad mode is thread-local too).
     """
-    workers = cpu_workers(module, device)
+    workers = min(cpu_workers(module, device), jobs)  # one batch: all threads inside it
     threads = torch.get_num_threads()
     pool = None
     if workers > 1:
