@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import best_rate, print_table  # noqa: E402
+from benchlib import best_rate, print_table, switched  # noqa: E402
 
 
 def parse(argv=None):
@@ -75,24 +75,19 @@ def variants(args) -> dict:
     runs["csetrain, no cap"] = lambda t: ours.encode(t, bs, batch_tokens=0)
     kernel = "plain nn.Linear" if onednn.ENABLED else "oneDNN linears"  # the non-default one
     runs[f"csetrain, 1024 tokens, {kernel}"] = partial(
-        switched, onednn, "ENABLED", not onednn.ENABLED, ours.encode, bs
+        encode_switched, onednn, "ENABLED", not onednn.ENABLED, ours.encode, bs
     )
     runs["csetrain, 1024 tokens, one batch at a time"] = partial(
-        switched, batching, "MAX_CPU_WORKERS", 1, ours.encode, bs
+        encode_switched, batching, "MAX_CPU_WORKERS", 1, ours.encode, bs
     )
     for budget in args.budgets:
         runs[f"csetrain, {budget} tokens"] = lambda t, b=budget: ours.encode(t, bs, batch_tokens=b)
     return runs
 
 
-def switched(module, name: str, value, encode, batch_size: int, texts: list[str]):
-    """encode with `module.name = value` for the call: one of csetrain's choices switched."""
-    default = getattr(module, name)
-    setattr(module, name, value)
-    try:
+def encode_switched(module, name: str, value, encode, batch_size: int, texts: list[str]):
+    with switched(module, name, value):
         return encode(texts, batch_size)
-    finally:
-        setattr(module, name, default)
 
 
 def precision(dtype: str):
